@@ -1,0 +1,1 @@
+"""Shipped trained models (ONNX files + model cards), installed as package data."""

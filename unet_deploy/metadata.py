@@ -1,0 +1,67 @@
+"""The self-description stored in every exported ONNX file (metadata key ``unet_deploy``).
+
+It carries everything the tiler and the pre/post-processing need, so a model is one file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .geometry import Geometry
+
+METADATA_KEY = "unet_deploy"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Normalization:
+    """Maps raw pixel values x to (x - offset) * scale before the network.
+
+    mode "percentile": offset/scale come from the image's own low/high percentiles (computed on
+    a strided sample, so huge images cost little); mode "fixed": offset/scale are used as stored.
+    """
+
+    mode: str = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+    offset: float = 0.0
+    scale: float = 1.0
+
+
+@dataclass
+class ModelInfo:
+    name: str = "unet"
+    depth: int = 4
+    base: int = 64
+    in_channels: int = 1
+    classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    padding: str = "valid"
+    tile: int = 572  # default input tile side
+    normalization: Normalization = field(default_factory=Normalization)
+    output: str = "probabilities"  # the graph ends in softmax over classes
+    instance_scheme: str = "none"  # "none" | "three_class" (background/interior/border)
+    batch_norm: bool = False
+    dropout: float = 0.0
+    licence: str = ""
+    description: str = ""
+    sha256: str = ""  # of the weights, filled in by the exporter
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.depth, self.padding)
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelInfo":
+        raw = json.loads(text)
+        norm = Normalization(**raw.pop("normalization", {}))
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(normalization=norm, **known)
