@@ -1,0 +1,43 @@
+"""Numba kernels of the overlap-tile strategy, each with a NumPy twin.
+
+Kernels are pure functions that fill arrays the caller allocates (stumpy
+style).  They are compiled with ``@numba.njit(cache=True, nogil=True)`` and
+deliberately NOT ``parallel=True``: ONNX Runtime owns the cores, and
+``nogil`` lets a reader/writer thread run kernels next to inference.
+
+* :mod:`.mirror` -- "reflect" coordinate mapping (U-Net mirroring).
+* :mod:`.gather` -- mirrored tile extraction fused with dtype conversion,
+  channel mixing and normalisation.
+* :mod:`.stitch` -- writing tiles back (labels, probabilities, Gaussian
+  blending).
+"""
+
+from .gather import gather_tiles, gather_tiles_numpy
+from .mirror import mirror_index, mirror_indices
+from .stitch import (
+    blend_add,
+    blend_add_numpy,
+    blend_finalize,
+    blend_finalize_numpy,
+    blend_weights,
+    stitch_labels,
+    stitch_labels_numpy,
+    stitch_probabilities,
+    stitch_probabilities_numpy,
+)
+
+__all__ = [
+    "mirror_index",
+    "mirror_indices",
+    "gather_tiles",
+    "gather_tiles_numpy",
+    "stitch_labels",
+    "stitch_labels_numpy",
+    "stitch_probabilities",
+    "stitch_probabilities_numpy",
+    "blend_weights",
+    "blend_add",
+    "blend_add_numpy",
+    "blend_finalize",
+    "blend_finalize_numpy",
+]

@@ -1,0 +1,193 @@
+"""Overlap-tile segmentation: image → plan → tiles → batches → backend → stitch → output.
+
+``segment_plane`` is the whole data flow for one 2-D plane; ``segment_array`` and
+``segment_file`` wrap it for in-memory arrays and (huge) TIFF files.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import InputError
+from .metadata import ModelInfo
+from .normalize import offset_scale, sample_rows
+from .planner import TilePlan, plan_tiles
+
+LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)
+SAMPLE_BAND = 1024  # rows read at a time when sampling a compressed image
+
+
+@dataclass
+class Preprocess:
+    """Per-plane input mapping fused into the gather kernel: channel mix, offset, scale."""
+
+    mix: np.ndarray  # float32 (C_model, C_src)
+    offset: np.ndarray  # float32 (C_model,)
+    scale: np.ndarray  # float32 (C_model,)
+
+
+@dataclass
+class Summary:
+    pixels: int
+    tiles: int
+    seconds: float
+    planes: int = 1
+
+    @property
+    def mpx_per_s(self) -> float:
+        return self.pixels / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+    def __str__(self) -> str:
+        return (f"{self.pixels / 1e6:.2f} Mpx in {self.planes} plane(s), {self.tiles} tiles, "
+                f"{self.seconds:.2f} s, {self.mpx_per_s:.2f} Mpx/s")
+
+
+class ArrayReader:
+    """Plane-reader interface over an in-memory (H, W) or (H, W, C) array."""
+
+    def __init__(self, image: np.ndarray):
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3:
+            raise InputError(f"expected a 2-D (H, W) or (H, W, C) array, got shape {image.shape}")
+        self.array = image
+        self.height, self.width, self.channels = image.shape
+        self.dtype = image.dtype
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        return self.array[y0:y1]
+
+
+def channel_mix(c_src: int, c_model: int, where: str = "image") -> np.ndarray:
+    if c_src == c_model:
+        return np.eye(c_model, dtype=np.float32)
+    if c_model == 1 and c_src in (3, 4):  # RGB(A) -> luminance; alpha ignored
+        return np.pad(LUMA, ((0, 0), (0, c_src - 3)))
+    if c_src == 1:
+        return np.ones((c_model, 1), np.float32)
+    raise InputError(f"{where}: has {c_src} channels but the model takes {c_model}; "
+                     f"convert the image to {c_model} channel(s)")
+
+
+def plane_sample(reader) -> np.ndarray:
+    """A strided sample (h, w, C) of the plane, read band by band when not memory-mapped."""
+    sy, sx = sample_rows(reader.height, reader.width)
+    if getattr(reader, "array", None) is not None:
+        return np.asarray(reader.array[::sy, ::sx])
+    parts = []
+    for y0 in range(0, reader.height, SAMPLE_BAND * sy):
+        band = reader.read_rows(y0, min(reader.height, y0 + SAMPLE_BAND * sy))
+        parts.append(np.asarray(band[::sy, ::sx]))
+    return np.concatenate(parts)
+
+
+def preprocess_for(reader, info: ModelInfo, where: str = "image") -> Preprocess:
+    mix = channel_mix(reader.channels, info.in_channels, where)
+    sample = plane_sample(reader).astype(np.float32)
+    mixed = np.einsum("hws,cs->chw", sample, mix)
+    pairs = [offset_scale(mixed[c], info.normalization) for c in range(info.in_channels)]
+    offset = np.array([p[0] for p in pairs], np.float32)
+    scale = np.array([p[1] for p in pairs], np.float32)
+    return Preprocess(mix, offset, scale)
+
+
+class RowSource:
+    """Hands the gather kernel the source rows a tile row needs: the memmap itself when the
+    plane is contiguous on disk, else a decoded band (only rows that row touches)."""
+
+    def __init__(self, reader, plan: TilePlan):
+        self.reader = reader
+        self.plan = plan
+        self.cached: tuple[int, np.ndarray, int] | None = None
+
+    def rows_for(self, row: int) -> tuple[np.ndarray, int]:
+        if getattr(self.reader, "array", None) is not None:
+            return self.reader.array, 0
+        if self.cached is None or self.cached[0] != row:
+            from .kernels import mirror_indices
+
+            y0 = row * self.plan.out_h - self.plan.halo_y
+            need = mirror_indices(np.arange(y0, y0 + self.plan.tile_h, dtype=np.int64),
+                                  self.plan.image_h)
+            lo, hi = int(need.min()), int(need.max()) + 1
+            self.cached = (row, np.ascontiguousarray(self.reader.read_rows(lo, hi)), lo)
+        return self.cached[1], self.cached[2]
+
+
+def gather_batch(source: RowSource, plan: TilePlan, ids: np.ndarray, prep: Preprocess,
+                 out: np.ndarray) -> np.ndarray:
+    from .kernels import gather_tiles
+
+    rows = ids // plan.cols
+    for row in np.unique(rows):
+        sel = np.flatnonzero(rows == row)
+        ys, xs = plan.in_origins(int(row))
+        cols = ids[sel] % plan.cols
+        src, row0 = source.rows_for(int(row))
+        # Tiles of one row are contiguous in ids, so out[sel] is a contiguous slice.
+        gather_tiles(src, row0, plan.image_h, ys[cols], xs[cols], prep.mix, prep.offset,
+                     prep.scale, out[sel[0] : sel[-1] + 1])
+    return out[: len(ids)]
+
+
+def segment_plane(reader, plan: TilePlan, backend, prep: Preprocess, batch_size: int = 1,
+                  output: str = "labels",
+                  on_tiles: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+    """Yield the output of one plane as row bands, top to bottom.
+
+    A background thread gathers batch k+1 into the spare buffer while the backend runs batch k;
+    the caller consumes (writes) band r while later bands are still being computed."""
+    from .merger import BandMerger
+
+    info = backend.info
+    source = RowSource(reader, plan)
+    merger = BandMerger(plan, info.out_channels, output)
+    ids = np.arange(plan.n_tiles, dtype=np.int64)
+    batches = [ids[i : i + batch_size] for i in range(0, plan.n_tiles, batch_size)]
+    shape = (batch_size, info.in_channels, plan.tile_h, plan.tile_w)
+    buffers = [np.empty(shape, np.float32), np.empty(shape, np.float32)]
+    with ThreadPoolExecutor(1, thread_name_prefix="unet-gather") as pool:
+        pending = pool.submit(gather_batch, source, plan, batches[0], prep, buffers[0])
+        for k, batch in enumerate(batches):
+            tiles = pending.result()
+            if k + 1 < len(batches):
+                pending = pool.submit(gather_batch, source, plan, batches[k + 1], prep,
+                                      buffers[(k + 1) % 2])
+            merger.add(backend.infer(tiles), batch)
+            if on_tiles:
+                on_tiles(len(batch))
+            yield from merger.pop_complete()
+    merger.finalize()
+
+
+def default_tile(info: ModelInfo, tile: int | None) -> int:
+    return int(tile or info.tile)
+
+
+def segment_array(image: np.ndarray, model=None, *, backend=None, batch_size: int = 1,
+                  tile: int | None = None, output: str = "labels",
+                  threads: int = 0) -> np.ndarray:
+    """Segment an in-memory 2-D image (H, W) or (H, W, C). Returns labels (H, W) or
+    probabilities (H, W, K)."""
+    from .backends import open_backend
+
+    reader = ArrayReader(np.asarray(image))
+    own = backend is None
+    backend = backend or open_backend(model, threads=threads)
+    try:
+        backend.activate()
+        info = backend.info
+        plan = plan_tiles(reader.height, reader.width, info.geometry,
+                          default_tile(info, tile))
+        prep = preprocess_for(reader, info)
+        bands = list(segment_plane(reader, plan, backend, prep, batch_size, output))
+    finally:
+        if own:
+            backend.deactivate()
+    return np.concatenate(bands, axis=0)

@@ -1,0 +1,85 @@
+"""Tile planning (the Splitter): where the tiles of an image are.
+
+Output tiles of one size form a grid that covers the image exactly once; edge tiles reach past
+the image and are cropped when stitched. Each tile's input window is its output window grown by
+the halo on every side; where it leaves the image the gather kernel mirrors ("reflect").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import Geometry
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    image_h: int
+    image_w: int
+    tile_h: int  # input tile (what the network sees)
+    tile_w: int
+    out_h: int  # output tile
+    out_w: int
+    halo_y: int
+    halo_x: int
+
+    @property
+    def rows(self) -> int:
+        return -(-self.image_h // self.out_h)
+
+    @property
+    def cols(self) -> int:
+        return -(-self.image_w // self.out_w)
+
+    @property
+    def n_tiles(self) -> int:
+        return self.rows * self.cols
+
+    def out_origins(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-left image coordinates of the output tiles of one tile row."""
+        xs = np.arange(self.cols, dtype=np.int64) * self.out_w
+        ys = np.full(self.cols, row * self.out_h, dtype=np.int64)
+        return ys, xs
+
+    def in_origins(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        ys, xs = self.out_origins(row)
+        return ys - self.halo_y, xs - self.halo_x
+
+    def band(self, row: int) -> tuple[int, int]:
+        """Image rows [y0, y1) that tile row ``row`` writes."""
+        y0 = row * self.out_h
+        return y0, min(self.image_h, y0 + self.out_h)
+
+    def __repr__(self) -> str:
+        return (f"TilePlan(image={self.image_h}x{self.image_w}, tile={self.tile_h}x{self.tile_w}"
+                f" -> out {self.out_h}x{self.out_w}, halo={self.halo_y}/{self.halo_x}, "
+                f"grid={self.rows}x{self.cols} = {self.n_tiles} tiles)")
+
+
+def _side(geo: Geometry, tile: int, image_side: int) -> int:
+    """Input tile side: the requested legal size, shrunk to the smallest legal size that still
+    covers the image in one tile, so small images don't pay for a big tile."""
+    if not geo.is_legal(tile):
+        raise ValueError(f"tile {tile} is not a legal input size for a depth-{geo.depth} "
+                         f"{geo.padding} U-Net; nearest legal sizes: "
+                         f"{geo.nearest_legal(tile)} or {geo.input_for_output(geo.output_size(geo.nearest_legal(tile)) + 1)}")
+    return min(tile, geo.input_for_output(image_side))
+
+
+def plan_tiles(image_h: int, image_w: int, geo: Geometry, tile: int | tuple[int, int],
+               shrink: bool = True) -> TilePlan:
+    if image_h < 1 or image_w < 1:
+        raise ValueError(f"image must be at least 1x1, got {image_h}x{image_w}")
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    if shrink:
+        th, tw = _side(geo, th, image_h), _side(geo, tw, image_w)
+    elif not (geo.is_legal(th) and geo.is_legal(tw)):
+        raise ValueError(f"tile {th}x{tw} is not legal for {geo}")
+    oh, ow = geo.output_size(th), geo.output_size(tw)
+    return TilePlan(image_h, image_w, th, tw, oh, ow, (th - oh) // 2, (tw - ow) // 2)
+
+
+def legal_tiles(geo: Geometry, lo: int = 1, hi: int = 2048) -> list[int]:
+    return geo.legal_sizes(lo, hi)

@@ -1,0 +1,265 @@
+"""The paper's training recipe (section 3): large tiles, batch 1, weighted pixel-wise softmax
+cross-entropy over the valid output region, elastic augmentation, dropout, He initialisation."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..metadata import ModelInfo, Normalization
+from .augment import random_augment
+from .data import Sample, load_pairs, split
+from .unet import UNet, build_unet
+from .weights import three_class_target, unet_weight_map
+
+SCHEMES = {
+    "three_class": ["background", "interior", "border"],
+    "binary": ["background", "foreground"],
+}
+
+
+@dataclass
+class TrainConfig:
+    images: str
+    labels: str
+    out: str
+    name: str = "unet"
+    scheme: str = "three_class"
+    label_kind: str = "auto"
+    depth: int = 4
+    base: int = 16
+    tile: int = 572
+    steps: int = 4000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.99
+    batch_size: int = 1
+    dropout: float = 0.5
+    batch_norm: bool = False
+    w0: float = 10.0
+    sigma: float = 5.0
+    val_fraction: float = 0.2
+    val_last: bool = False
+    val_every: int = 250
+    seed: int = 0
+    threads: int = 0
+    resume: bool = True
+    max_minutes: float = 0.0  # stop (and export) after this long; 0 = no limit
+    description: str = ""
+    licence: str = ""
+    norm: Normalization = field(default_factory=Normalization)
+
+
+@dataclass
+class Prepared:
+    image: np.ndarray  # float32, mirror-padded
+    target: np.ndarray  # uint8 classes, mirror-padded
+    weights: np.ndarray  # float32, mirror-padded
+    pad: int
+
+
+def make_target(instances: np.ndarray, scheme: str) -> np.ndarray:
+    if scheme == "three_class":
+        return three_class_target(instances)
+    return (instances > 0).astype(np.uint8)
+
+
+def prepare(sample: Sample, cfg: TrainConfig, halo: int, out: int) -> Prepared:
+    n_classes = len(SCHEMES[cfg.scheme])
+    target = make_target(sample.instances, cfg.scheme)
+    weights = unet_weight_map(sample.instances, n_classes=n_classes, w0=cfg.w0,
+                              sigma=cfg.sigma, classes=target)
+    h, w = target.shape
+    pad = halo + max(0, out - min(h, w))
+    padded = [np.pad(a, pad, mode="reflect") for a in (sample.image, target, weights)]
+    return Prepared(padded[0], padded[1], padded[2].astype(np.float32), pad)
+
+
+def random_patch(p: Prepared, tile: int, out: int, rng: np.random.Generator):
+    """A random input window whose central output window lies inside the original image."""
+    h = p.image.shape[0] - 2 * p.pad
+    w = p.image.shape[1] - 2 * p.pad
+    oy = rng.integers(0, max(1, h - out + 1))
+    ox = rng.integers(0, max(1, w - out + 1))
+    y0 = p.pad + oy - (tile - out) // 2
+    x0 = p.pad + ox - (tile - out) // 2
+    win = (slice(y0, y0 + tile), slice(x0, x0 + tile))
+    return p.image[win], p.target[win], p.weights[win]
+
+
+def center(a: np.ndarray, n: int) -> np.ndarray:
+    d = (a.shape[-1] - n) // 2
+    return a[..., d : d + n, d : d + n]
+
+
+def predict_probs(model: torch.nn.Module, image: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """Whole-image softmax (K, H, W): mirror-pad to a legal size, one forward pass, crop."""
+    geo = info.geometry
+    h, w = image.shape
+    ny, nx = geo.input_for_output(h), geo.input_for_output(w)
+    halo_y, halo_x = (ny - geo.output_size(ny)) // 2, (nx - geo.output_size(nx)) // 2
+    padded = np.pad(image, ((halo_y, ny - h - halo_y), (halo_x, nx - w - halo_x)),
+                    mode="reflect")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.ascontiguousarray(padded))[None, None])
+    return torch.softmax(logits, 1)[0, :, :h, :w].numpy()
+
+
+def evaluate(model, val: list[Sample], info: ModelInfo, scheme: str) -> dict:
+    from ..metrics import foreground_iou, instance_f1, pixel_error, rand_error
+
+    model.eval()
+    scores: dict[str, list[float]] = {}
+    for s in val:
+        labels = predict_probs(model, s.image, info).argmax(0)
+        pred = labels_to_instances(labels, scheme)
+        res = {"f1@0.5": instance_f1(s.instances, pred, (0.5,))[0.5],
+               "fg_iou": foreground_iou(s.instances > 0, pred > 0)}
+        if scheme == "binary":
+            res["rand_error"] = rand_error(s.instances, pred)
+            res["pixel_error"] = pixel_error(s.instances > 0, pred > 0)
+        for k, v in res.items():
+            scores.setdefault(k, []).append(float(v))
+    model.train()
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def labels_to_instances(labels: np.ndarray, scheme: str) -> np.ndarray:
+    from ..instances import instances_from_binary, instances_from_three_class
+
+    if scheme == "three_class":
+        return instances_from_three_class(labels)
+    return instances_from_binary(labels == 1)
+
+
+def score_of(metrics: dict, scheme: str) -> float:
+    return -metrics["rand_error"] if scheme == "binary" else metrics["f1@0.5"]
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+
+def model_info(cfg: TrainConfig) -> ModelInfo:
+    return ModelInfo(name=cfg.name, depth=cfg.depth, base=cfg.base, in_channels=1,
+                     classes=SCHEMES[cfg.scheme], padding="valid", tile=cfg.tile,
+                     normalization=cfg.norm,
+                     instance_scheme="three_class" if cfg.scheme == "three_class" else "binary",
+                     batch_norm=cfg.batch_norm, dropout=cfg.dropout, licence=cfg.licence,
+                     description=cfg.description)
+
+
+def save_checkpoint(path: Path, model, opt, step: int, best: float, rng, cfg, info):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "best": best, "torch_rng": torch.get_rng_state(),
+                "np_rng": json.dumps(rng.bit_generator.state),
+                "config": json.dumps(asdict(cfg)), "info": info.to_json()}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Checkpoints hold tensors and plain values only, so no pickle code ever runs."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    info = model_info(cfg)
+    geo = info.geometry
+    out_size = geo.output_size(cfg.tile)
+    if out_size is None:
+        raise ValueError(f"tile {cfg.tile} is not legal for depth {cfg.depth}; "
+                         f"try {geo.nearest_legal(cfg.tile)}")
+    halo = (cfg.tile - out_size) // 2
+    samples = load_pairs(cfg.images, cfg.labels, cfg.norm, cfg.label_kind)
+    train_set, val_set = split(samples, cfg.val_fraction, cfg.seed, cfg.val_last)
+    prepared = [prepare(s, cfg, halo, out_size) for s in train_set]
+    model = build_unet(info)
+    opt = make_optimizer(model, cfg)
+    step, best = 0, -np.inf
+    last = out / "last.pt"
+    if cfg.resume and last.exists():
+        ck = load_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, best = ck["step"], ck["best"]
+        torch.set_rng_state(ck["torch_rng"])
+        rng.bit_generator.state = json.loads(ck["np_rng"])
+    log = open(out / "train_log.jsonl", "a")
+    t0 = time.time()
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=cfg.name)
+    metrics: dict = {}
+    while step < cfg.steps:
+        xs, ys, ws = [], [], []
+        for _ in range(cfg.batch_size):
+            p = prepared[rng.integers(len(prepared))]
+            img, tgt, wts = random_augment(*random_patch(p, cfg.tile, out_size, rng), rng,
+                                           label_shape=(out_size, out_size))
+            xs.append(img)
+            ys.append(tgt)
+            ws.append(wts)
+        x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))
+        y = torch.from_numpy(np.stack(ys).astype(np.int64))
+        w = torch.from_numpy(np.stack(ws).astype(np.float32))
+        loss = (F.cross_entropy(model(x), y, reduction="none") * w).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.4f}" for k, v in metrics.items()})
+        timed_out = cfg.max_minutes and (time.time() - t0) > cfg.max_minutes * 60
+        if step % cfg.val_every == 0 or step == cfg.steps or timed_out:
+            metrics = evaluate(model, val_set, info, cfg.scheme)
+            score = score_of(metrics, cfg.scheme)
+            if score > best:
+                best = score
+                torch.save({"model": model.state_dict(), "info": info.to_json(), "step": step,
+                            "metrics": json.dumps(metrics)}, out / "best.pt")
+            save_checkpoint(last, model, opt, step, best, rng, cfg, info)
+            log.write(json.dumps({"step": step, "loss": loss.item(), "seconds": time.time() - t0,
+                                  **metrics}) + "\n")
+            log.flush()
+        if timed_out:
+            break
+    bar.close()
+    return finish(out, info, cfg)
+
+
+def finish(out: Path, info: ModelInfo, cfg: TrainConfig) -> dict:
+    """Export the best checkpoint to ONNX and report its validation metrics."""
+    from ..export import export_onnx
+
+    ck = load_checkpoint(out / "best.pt")
+    model = build_unet(info)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    path = export_onnx(model, info, out / f"{cfg.name}.onnx")
+    result = {"onnx": str(path), "step": ck["step"], "metrics": json.loads(ck["metrics"])}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def load_unet(checkpoint: str | Path) -> tuple[UNet, ModelInfo]:
+    ck = load_checkpoint(Path(checkpoint))
+    info = ModelInfo.from_json(ck["info"])
+    model = build_unet(info)
+    model.load_state_dict(ck["model"])
+    return model.eval(), info
