@@ -136,6 +136,21 @@ def test_stack_and_time_series(tmp_path, monkeypatch):
             np.testing.assert_array_equal(pr.read_rows(0, 20)[..., 0], flat[i])
 
 
+def test_truncated_imagej_contiguous_series(tmp_path):
+    """ImageJ 'truncate' files hold one IFD for many planes: planes come from the series offset."""
+    data = rand((5, 16, 24), np.uint16)
+    p = tmp_path / "ij.tif"
+    tifffile.imwrite(p, data, imagej=True, truncate=True)
+    with tifffile.TiffFile(p) as tif:
+        assert len(tif.pages) == 1  # the layout under test
+    with open_image(p) as src:
+        assert src.lead_shape == (5,)
+        for i in range(5):
+            pr = src.plane(i)
+            assert pr.array is not None
+            np.testing.assert_array_equal(pr.read_rows(3, 16)[..., 0], data[i, 3:])
+
+
 @pytest.mark.parametrize("planar", ["contig", "separate"])
 @pytest.mark.parametrize("compression", [None, "zlib"])
 def test_rgb_contig_and_planar(tmp_path, planar, compression):
@@ -206,7 +221,7 @@ def test_float16_ok_complex_refused(tmp_path):
         np.testing.assert_array_equal(src.plane(0).read_rows(0, 9)[..., 0], data)
     q = tmp_path / "c.tif"
     tifffile.imwrite(q, np.zeros((4, 4), np.complex64))
-    with pytest.raises(InputError, match="complex"):
+    with pytest.raises(InputError, match="complex pixel type"):
         open_image(q)
 
 
@@ -338,6 +353,23 @@ def test_check_output(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["in.tif", "link.tif", "hard.tif", "exists.tif", "ro"])
 
 
+def test_check_output_unwritable_folder(tmp_path, monkeypatch):
+    """Works as root too: the probe file creation is made to fail like EACCES."""
+    inp = tmp_path / "in.tif"
+    inp.write_bytes(b"x")
+    real_open = os.open
+
+    def deny(path, *a, **k):
+        if ".probe-" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(uio.os, "open", deny)
+    with pytest.raises(OutputError, match=r"cannot write in output folder .*Permission denied") as ei:
+        check_output(tmp_path / "out.tif", inp, overwrite=False)
+    assert "\n" not in str(ei.value)
+
+
 def write_bands(writer, planes, band_rows):
     for plane in planes:
         y = 0
@@ -423,7 +455,7 @@ def test_writer_exception_midway_leaves_nothing(tmp_path):
 
 def test_writer_incomplete_raises(tmp_path):
     out = tmp_path / "o.tif"
-    with pytest.raises(OutputError, match="incomplete"):
+    with pytest.raises(OutputError, match=r"incomplete \(63 of 64 rows"):
         with TiffBandWriter(out, (), 64, 40, 1, np.uint8, tile=16) as w:
             w.write_band(np.ones((63, 40), np.uint8))
     assert os.listdir(tmp_path) == []

@@ -558,7 +558,7 @@ class TiffBandWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and self._error is None:
+        if exc_type is None and self._error is None and self.rows_written == self.total_rows:
             self._finish()
             return
         self._abort_and_cleanup()
@@ -734,6 +734,8 @@ class TiffBandWriter:
                 except queue.Empty:
                     break
             self._thread.join(timeout=30)
+            if isinstance(self._error, _Abort):
+                self._error = None  # our own stop signal, not a failure
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -173,8 +173,8 @@ def default_tile(info: ModelInfo, tile: int | None) -> int:
 def segment_array(image: np.ndarray, model=None, *, backend=None, batch_size: int = 1,
                   tile: int | None = None, output: str = "labels",
                   threads: int = 0) -> np.ndarray:
-    """Segment an in-memory 2-D image (H, W) or (H, W, C). Returns labels (H, W) or
-    probabilities (H, W, K)."""
+    """Segment an in-memory 2-D image (H, W) or (H, W, C). Returns labels (H, W), instance
+    labels (H, W) or probabilities (H, W, K)."""
     from .backends import open_backend
 
     reader = ArrayReader(np.asarray(image))
@@ -186,8 +186,96 @@ def segment_array(image: np.ndarray, model=None, *, backend=None, batch_size: in
         plan = plan_tiles(reader.height, reader.width, info.geometry,
                           default_tile(info, tile))
         prep = preprocess_for(reader, info)
-        bands = list(segment_plane(reader, plan, backend, prep, batch_size, output))
+        bands = list(_plane_bands(reader, plan, backend, prep, batch_size, output, None))
     finally:
         if own:
             backend.deactivate()
     return np.concatenate(bands, axis=0)
+
+
+OUTPUTS = ("labels", "probabilities", "instances")
+
+
+def default_output_path(input_path: str | Path, output: str) -> Path:
+    p = Path(input_path)
+    stem = p.name[: -len("".join(p.suffixes))] if p.suffixes else p.name
+    return p.with_name(f"{stem}.{output}.tif")
+
+
+def _plane_bands(reader, plan, backend, prep, batch_size, output, on_tiles):
+    """Bands of one plane in the requested output kind. Instances need the whole plane's class
+    map (connected components are not local), so that kind is built in memory, then banded."""
+    if output != "instances":
+        yield from segment_plane(reader, plan, backend, prep, batch_size, output, on_tiles)
+        return
+    from .postprocess import to_instances
+
+    labels = np.concatenate(list(segment_plane(reader, plan, backend, prep, batch_size,
+                                               "labels", on_tiles)))
+    inst = to_instances(labels, backend.info)
+    for y0 in range(0, inst.shape[0], plan.out_h):
+        yield inst[y0 : y0 + plan.out_h]
+
+
+def output_format(output: str, info: ModelInfo) -> tuple[int, np.dtype]:
+    """(samples per pixel, dtype) of the output file."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    if output == "probabilities":
+        return info.out_channels, np.dtype(np.float32)
+    if output == "instances":
+        return 1, np.dtype(np.uint32)
+    return 1, np.dtype(np.uint8 if info.out_channels <= 256 else np.uint16)
+
+
+def segment_file(input_path: str | Path, output_path: str | Path | None = None, model=None, *,
+                 backend: str = "auto", batch_size: int = 1, tile: int | None = None,
+                 output: str = "labels", threads: int = 0, overwrite: bool = False,
+                 series: int | None = None, max_pixels: int | None = None,
+                 progress: bool = True) -> Summary:
+    """Segment a (huge) TIFF into a tiled, compressed BigTIFF; returns a Summary.
+
+    Memory stays bounded: the input is memory-mapped or decoded band by band, and output bands
+    are written as soon as their tile row is complete (except ``output="instances"``)."""
+    from tqdm import tqdm
+
+    from .backends import open_backend
+    from .io import TiffBandWriter, check_output, open_image
+
+    out = default_output_path(input_path, output) if output_path is None else Path(output_path)
+    check_output(out, input_path, overwrite)
+    t0 = time.perf_counter()
+    with open_image(input_path, series=series, max_pixels=max_pixels) as src, \
+            open_backend(model, backend, threads=threads) as be:
+        info = be.info
+        plan = plan_tiles(src.height, src.width, info.geometry, default_tile(info, tile))
+        samples, dtype = output_format(output, info)
+        with tqdm(total=plan.n_tiles * src.n_planes, unit="tile", disable=not progress,
+                  desc=Path(input_path).name, dynamic_ncols=True) as bar, \
+                TiffBandWriter(out, src.lead_shape, src.height, src.width, samples, dtype,
+                               resolution=src.resolution, overwrite=overwrite) as writer:
+            for i in range(src.n_planes):
+                reader = src.plane(i)
+                prep = preprocess_for(reader, info, str(input_path))
+                for band in _plane_bands(reader, plan, be, prep, batch_size, output,
+                                         bar.update):
+                    writer.write_band(band)
+        return Summary(src.height * src.width * src.n_planes, plan.n_tiles * src.n_planes,
+                       time.perf_counter() - t0, src.n_planes)
+
+
+def segment_whole(image: np.ndarray, backend, output: str = "labels") -> np.ndarray:
+    """Reference: one forward pass over the whole image, mirror-padded ("reflect") with
+    np.pad to a legal size. Memory grows with the image; for tests and benchmarks."""
+    reader = ArrayReader(np.asarray(image))
+    info = backend.info
+    geo = info.geometry
+    h, w = reader.height, reader.width
+    ny, nx = geo.input_for_output(h), geo.input_for_output(w)
+    hy, hx = geo.halo(ny), geo.halo(nx)
+    prep = preprocess_for(reader, info)
+    x = np.einsum("hws,cs->chw", reader.array.astype(np.float32), prep.mix)
+    x = (x - prep.offset[:, None, None]) * prep.scale[:, None, None]
+    x = np.pad(x, ((0, 0), (hy, ny - h - hy), (hx, nx - w - hx)), mode="reflect")
+    probs = backend.infer(np.ascontiguousarray(x[None], dtype=np.float32))[0, :, :h, :w]
+    return probs.argmax(0).astype(np.uint8) if output == "labels" else probs.transpose(1, 2, 0)
