@@ -77,9 +77,11 @@ def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "m.onnx").exists()
 
 
+class Evil:  # pickled by reference: loading it would need arbitrary code
+    pass
+
+
 def test_refuses_pickled_code_overwrite_and_missing(tmp_path):
-    class Evil:
-        pass
     torch.save({"model": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ModelError, match="weights-only"):
         export_checkpoint(tmp_path / "evil.pt")

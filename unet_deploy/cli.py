@@ -89,6 +89,69 @@ def models():
             typer.echo(f"    card: {card}")
 
 
+@app.command()
+@cli_errors
+def train(
+    images: Path = typer.Option(..., "--images", help="Folder of images, or a multi-page stack."),
+    labels: Path = typer.Option(..., "--labels", help="Matching folder or stack of labels."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, log, ONNX."),
+    name: str = typer.Option("unet", "--name", help="Model name (the ONNX file's stem)."),
+    scheme: str = typer.Option("three_class", "--scheme",
+                               help="three_class (instances of touching objects) | binary"),
+    label_kind: str = typer.Option("auto", "--label-kind", help="auto | binary | instances"),
+    depth: int = typer.Option(4, "--depth", min=1),
+    base: int = typer.Option(16, "--base", min=1, help="Channels of the first level."),
+    tile: int = typer.Option(572, "--tile", help="Input tile side (paper: 572)."),
+    steps: int = typer.Option(4000, "--steps", min=1),
+    optimizer: str = typer.Option("sgd", "--optimizer",
+                                  help="sgd (paper: momentum 0.99, batch 1) | adam"),
+    lr: float = typer.Option(0.01, "--lr"),
+    momentum: float = typer.Option(0.99, "--momentum"),
+    batch_size: int = typer.Option(1, "--batch-size", min=1),
+    dropout: float = typer.Option(0.5, "--dropout"),
+    batch_norm: bool = typer.Option(False, "--batch-norm"),
+    w0: float = typer.Option(10.0, "--w0", help="Border weight w0 (paper eq. 2)."),
+    sigma: float = typer.Option(5.0, "--sigma", help="Border weight sigma in px."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction"),
+    val_last: bool = typer.Option(False, "--val-last", help="Validate on the last slices."),
+    val_every: int = typer.Option(250, "--val-every", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads", min=0),
+    minutes: float = typer.Option(0.0, "--minutes", help="Stop after this long (0 = no limit)."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Ignore OUT/last.pt."),
+):
+    """Train a U-Net with the paper's recipe; resumes from OUT/last.pt; exports ONNX at the end."""
+    from .train.trainer import TrainConfig
+    from .train.trainer import train as run_training
+
+    cfg = TrainConfig(images=str(images), labels=str(labels), out=str(out), name=name,
+                      scheme=scheme, label_kind=label_kind, depth=depth, base=base, tile=tile,
+                      steps=steps, optimizer=optimizer, lr=lr, momentum=momentum,
+                      batch_size=batch_size, dropout=dropout, batch_norm=batch_norm, w0=w0,
+                      sigma=sigma, val_fraction=val_fraction, val_last=val_last,
+                      val_every=val_every, seed=seed, threads=threads, max_minutes=minutes,
+                      resume=not no_resume)
+    result = run_training(cfg)
+    typer.echo(f"{result['onnx']}: step {result['step']}, validation {result['metrics']}")
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or path."),
+    images: Path = typer.Option(..., "--images"),
+    labels: Path = typer.Option(..., "--labels"),
+    label_kind: str = typer.Option("auto", "--label-kind"),
+    threads: int = typer.Option(0, "--threads", min=0),
+):
+    """Segment labelled images and print instance F1, foreground IoU, Rand and pixel error."""
+    from .evaluate import evaluate_model
+
+    scores = evaluate_model(model, images, labels, label_kind, threads)
+    for key, value in scores.items():
+        typer.echo(f"{key:>12}: {value:.4f}" if isinstance(value, float) else f"{key:>12}: {value}")
+
+
 @app.command("exit-codes")
 def exit_codes():
     """Print the documented exit codes."""

@@ -48,6 +48,7 @@ def export_onnx(unet, info: ModelInfo, path: str | Path, parity: bool = True) ->
         dynamo=False,
     )
     proto = onnx.load(str(tmp))
+    materialize_shared_initializers(proto)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info.to_json()
     proto.producer_name = "unet-deploy"
@@ -60,6 +61,28 @@ def export_onnx(unet, info: ModelInfo, path: str | Path, parity: bool = True) ->
             raise ModelError(f"{path}: ONNX output differs from PyTorch by {err:.2e} (> 1e-4)")
     tmp.replace(path)
     return path
+
+
+def materialize_shared_initializers(proto) -> int:
+    """The TorchScript exporter deduplicates equal parameters (e.g. freshly initialised zero
+    biases) into ``Identity`` nodes over one initializer. Give each parameter its own
+    initializer again, so every Conv has constant weight and bias inputs (quantizers, TensorRT
+    and the torch-from-ONNX loader then see the ordinary pattern). Returns the count."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    keep, n = [], 0
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            t = type(inits[node.input[0]])()
+            t.CopyFrom(inits[node.input[0]])
+            t.name = node.output[0]
+            proto.graph.initializer.append(t)
+            n += 1
+        else:
+            keep.append(node)
+    if n:
+        del proto.graph.node[:]
+        proto.graph.node.extend(keep)
+    return n
 
 
 def parity_error(model, onnx_path, info: ModelInfo, seed: int = 0) -> float:

@@ -32,7 +32,7 @@ def _read(path: Path) -> np.ndarray:
     return tifffile.imread(str(path))
 
 
-def _planes(path: Path) -> tuple[list[str], list[np.ndarray]]:
+def read_planes(path: Path) -> tuple[list[str], list[np.ndarray]]:
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -65,8 +65,8 @@ def to_instances(labels: np.ndarray, kind: str = "auto") -> np.ndarray:
 
 def load_pairs(images: str | Path, labels: str | Path, norm: Normalization,
                label_kind: str = "auto") -> list[Sample]:
-    names, imgs = _planes(Path(images))
-    lnames, labs = _planes(Path(labels))
+    names, imgs = read_planes(Path(images))
+    lnames, labs = read_planes(Path(labels))
     if len(imgs) != len(labs):
         raise InputError(f"{images}: {len(imgs)} images but {labels}: {len(labs)} label images")
     samples = []
