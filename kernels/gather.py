@@ -62,6 +62,9 @@ def _check(src, src_row0, image_h, ys, xs, mix, offset, scale, out):
     src = np.asarray(src)  # drops the np.memmap subclass without copying
     if src.ndim != 3:
         raise ValueError("src must be 3-D (rows, W, C_src)")
+    if not src.dtype.isnative:
+        # Numba would read the bytes as native order and return garbage silently.
+        raise ValueError(f"src has non-native byte order {src.dtype.str}; convert it first")
     ys = np.ascontiguousarray(ys, dtype=np.int64)
     xs = np.ascontiguousarray(xs, dtype=np.int64)
     if ys.shape != xs.shape or ys.ndim != 1:

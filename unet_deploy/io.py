@@ -56,15 +56,26 @@ def _tifffile():
 # --------------------------------------------------------------------------------------
 
 
+NAN_POLICIES = ("error", "zero")
+
+
 def open_image(
-    path: str | os.PathLike, series: int | None = None, max_pixels: int | None = None
+    path: str | os.PathLike,
+    series: int | None = None,
+    max_pixels: int | None = None,
+    nan_policy: str = "error",
 ) -> "ImageSource":
     """Open ``path`` for streaming reads; use as a context manager (closes the file).
 
     Raises InputNotFoundError for a missing file and InputError for anything that cannot be
     read (not a TIFF, truncated, ambiguous series, unsupported dtype or codec, plane larger
     than ``max_pixels``). Only metadata is read here (plus one strip/tile to check the codec).
+
+    ``nan_policy`` (float images): "error" (default) -- the pipeline counts NaN/Inf pixels
+    before inference and refuses the plane; "zero" -- ``read_rows`` returns them as 0.
     """
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(f"{path}: input file not found; check the path")
@@ -86,7 +97,8 @@ def open_image(
             f"{path}: not a readable TIFF file ({_one_line(exc)}); convert it to TIFF or check it is not truncated"
         ) from exc
     try:
-        return ImageSource(path, tif, series=series, max_pixels=max_pixels, file_size=size)
+        return ImageSource(path, tif, series=series, max_pixels=max_pixels, file_size=size,
+                           nan_policy=nan_policy)
     except BaseException:
         tif.close()
         raise
@@ -135,8 +147,10 @@ class ImageSource:
     palette (bool), colormap ((3, N) array or None), compression (name).
     """
 
-    def __init__(self, path: Path, tif, *, series: int | None, max_pixels: int | None, file_size: int):
+    def __init__(self, path: Path, tif, *, series: int | None, max_pixels: int | None, file_size: int,
+                 nan_policy: str = "error"):
         self.path = path
+        self.nan_policy = nan_policy
         self._tif = tif
         self.series_index = _choose_series(tif, series, path)
         s = tif.series[self.series_index]
@@ -196,6 +210,8 @@ class ImageSource:
             self.channels = self._samples
             dt = np.dtype(kf.dtype)
             self.dtype = np.dtype(np.uint8) if dt.kind == "b" else dt.newbyteorder("=")
+            if self.dtype == np.float16:  # the Numba kernels have no float16: widen exactly
+                self.dtype = np.dtype(np.float32)
         self._file_dtype = None if np.dtype(kf.dtype).kind == "b" else np.dtype(kf.dtype).newbyteorder(tif.byteorder)
 
         # map planes to pages
@@ -300,9 +316,12 @@ def _enum_name(value) -> str:
 class PlaneReader:
     """One 2-D plane (H, W, C) of an ImageSource.
 
-    ``array``: zero-copy (H, W, C) np.memmap view when the plane is stored contiguous and
-    uncompressed (dtype may be non-native, e.g. '>u2'); else None.
-    ``read_rows(y0, y1)``: (y1-y0, W, C) array in native byte order of ``dtype``, decoding only
+    ``raw``: zero-copy (H, W, C) np.memmap view when the plane is stored contiguous and
+    uncompressed (dtype may be non-native, e.g. '>u2', or float16); else None.
+    ``array``: ``raw`` when its dtype is exactly ``dtype`` (native byte order, a type the
+    kernels take) and no NaN policy rewrites pixels -- the pipeline hands it to the Numba
+    kernels as is; else None, and ``read_rows`` converts.
+    ``read_rows(y0, y1)``: (y1-y0, W, C) array of ``dtype`` (native byte order), decoding only
     the strips/tiles intersecting those rows.
     """
 
@@ -314,6 +333,8 @@ class PlaneReader:
         self.channels = source.channels
         self.dtype = source.dtype
         self.array: np.ndarray | None = None
+        self.raw: np.ndarray | None = None
+        self._zero_nonfinite = source.nan_policy == "zero" and np.dtype(source.dtype).kind == "f"
         self._cache: dict[int, Any] = {}
         kf = source._kf
         shaped = tuple(int(v) for v in kf.shaped)  # (separate, depth, length, width, contig)
@@ -328,9 +349,11 @@ class PlaneReader:
         if offset is not None:
             mm = np.memmap(source.path, dtype=source._file_dtype, mode="r", offset=offset, shape=shaped)
             if shaped[0] > 1:  # planar configuration separate: (S, 1, H, W, 1) -> (H, W, S)
-                self.array = mm[:, 0, :, :, 0].transpose(1, 2, 0)
+                self.raw = mm[:, 0, :, :, 0].transpose(1, 2, 0)
             else:
-                self.array = mm[0, 0]
+                self.raw = mm[0, 0]
+            if self.raw.dtype == self.dtype and self.raw.dtype.isnative and not self._zero_nonfinite:
+                self.array = self.raw
 
     # -- decoding --------------------------------------------------------------------
     def _geometry(self):
@@ -382,8 +405,8 @@ class PlaneReader:
         """Rows [y0, y1) as a (y1-y0, W, C) array in native byte order."""
         if not (0 <= y0 <= y1 <= self.height):
             raise IndexError(f"rows [{y0}, {y1}) outside 0..{self.height}")
-        if self.array is not None:
-            return np.ascontiguousarray(self.array[y0:y1], dtype=self.dtype)
+        if self.raw is not None:
+            return self._finish(np.ascontiguousarray(self.raw[y0:y1]))
         src = self._src
         kf = src._kf
         n = y1 - y0
@@ -426,6 +449,11 @@ class PlaneReader:
         if src.palette:
             idx = out[..., 0]
             return np.take(src.colormap, idx, axis=0, mode="clip").astype(self.dtype, copy=False)
+        out = out.astype(self.dtype, copy=False)  # native byte order; float16 -> float32
+        if self._zero_nonfinite:
+            if not out.flags.writeable:
+                out = out.copy()
+            out[~np.isfinite(out)] = 0
         return out
 
     def read(self) -> np.ndarray:

@@ -107,8 +107,9 @@ class RowSource:
         self.cached: tuple[int, np.ndarray, int] | None = None
 
     def rows_for(self, row: int) -> tuple[np.ndarray, int]:
-        if getattr(self.reader, "array", None) is not None:
-            return self.reader.array, 0
+        array = getattr(self.reader, "array", None)
+        if array is not None and array.dtype.isnative:
+            return array, 0
         if self.cached is None or self.cached[0] != row:
             from .kernels import mirror_indices
 
@@ -116,7 +117,9 @@ class RowSource:
             need = mirror_indices(np.arange(y0, y0 + self.plan.tile_h, dtype=np.int64),
                                   self.plan.image_h)
             lo, hi = int(need.min()), int(need.max()) + 1
-            self.cached = (row, np.ascontiguousarray(self.reader.read_rows(lo, hi)), lo)
+            band = np.asarray(self.reader.read_rows(lo, hi))
+            band = np.ascontiguousarray(band, dtype=band.dtype.newbyteorder("="))
+            self.cached = (row, band, lo)
         return self.cached[1], self.cached[2]
 
 

@@ -197,8 +197,12 @@ def quantize_qdq(proto, tiles: np.ndarray, symmetric: bool = True, per_channel: 
         quantize_static(
             str(src), str(dst), TileReader(tiles, proto.graph.input[0].name),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv", "ConvTranspose", "MaxPool", "Relu", "Concat"],
+            # u8 activations / s8 weights is ONNX Runtime's fast x86 path (VNNI); TensorRT
+            # needs symmetric s8 activations
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv", "ConvTranspose", "MaxPool", "Relu", "Slice",
+                                  "Concat"],
             nodes_to_exclude=softmax, calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
         return onnx.load(str(dst))

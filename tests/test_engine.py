@@ -1,0 +1,212 @@
+"""Engine manifests and fail-closed loading (pure Python; TensorRT facts are injected)."""
+
+import hashlib
+import importlib.util
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from unet_deploy import engine as E
+from unet_deploy.engine import (EngineCache, Environment, Manifest, cast_onnx, check_manifest,
+                                manifest_path, read_manifest, rebuild_command)
+from unet_deploy.errors import ModelError, ModelNotFoundError
+from unet_deploy.exporting import file_sha256
+
+H100 = Environment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    import torch
+
+    from unet_deploy.export import export_onnx
+    from unet_deploy.metadata import ModelInfo
+    from unet_deploy.train.unet import build_unet
+
+    torch.manual_seed(0)
+    info = ModelInfo(name="tiny", depth=2, base=4, tile=92)
+    return export_onnx(build_unet(info).eval(), info, tmp_path / "model.onnx", parity=False)
+
+
+def write_engine(tmp_path, onnx_path, env=H100, name="model.engine", **kw):
+    """A real engine file + manifest as build_engine writes them (engine bytes are opaque)."""
+    path = tmp_path / name
+    data = b"serialized-plan-" + name.encode() + bytes(range(64))
+    path.write_bytes(data)
+    fields = dict(onnx_sha256=file_sha256(onnx_path), engine_sha256=hashlib.sha256(data).hexdigest(),
+                  tensorrt_version=env.tensorrt_version, gpu_name=env.gpu_name,
+                  compute_capability=env.compute_capability, precision="fp16", batch=8, tile=92,
+                  min_tile=44,
+                  in_channels=1, shapes={"min": [1, 1, 44, 44], "opt": [8, 1, 92, 92],
+                                          "max": [8, 1, 92, 92]},
+                  build_flags=["FP16"], model_info=json.dumps({"depth": 2, "base": 4}),
+                  onnx_path=str(onnx_path))
+    fields.update(kw)
+    m = Manifest(**fields)
+    manifest_path(path).write_text(m.to_json())
+    return path, m
+
+
+def test_matching_manifest_loads(tmp_path, tiny_onnx):
+    path, m = write_engine(tmp_path, tiny_onnx)
+    got = read_manifest(path)
+    assert got == m
+    check_manifest(got, path, H100, onnx_path=tiny_onnx)  # no exception
+
+
+@pytest.mark.parametrize("env, reason", [
+    (Environment("10.14.1.48", H100.gpu_name, "9.0"), "TensorRT 10.13.0.35"),
+    (Environment(H100.tensorrt_version, "NVIDIA A100-SXM4-80GB", "9.0"), "GPU 'NVIDIA H100"),
+    (Environment(H100.tensorrt_version, H100.gpu_name, "8.0"), "compute capability 9.0"),
+])
+def test_environment_mismatch_refuses_with_rebuild_command(tmp_path, tiny_onnx, env, reason):
+    path, m = write_engine(tmp_path, tiny_onnx)
+    with pytest.raises(ModelError) as e:
+        check_manifest(read_manifest(path), path, env)
+    msg = str(e.value)
+    assert reason in msg and "\n" not in msg
+    assert f"Rebuild it: unet-deploy build-engine {tiny_onnx} -o {path} --precision fp16 " \
+           f"--batch 8 --tile 92" in msg
+
+
+def test_tampered_engine_and_other_onnx_refused(tmp_path, tiny_onnx):
+    path, m = write_engine(tmp_path, tiny_onnx)
+    data = bytearray(path.read_bytes())
+    data[20] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match the manifest"):
+        check_manifest(read_manifest(path), path, H100)
+    path2, _ = write_engine(tmp_path, tiny_onnx, name="b.engine")
+    other = tmp_path / "other.onnx"
+    other.write_bytes(tiny_onnx.read_bytes() + b" ")
+    with pytest.raises(ModelError, match="different ONNX file") as e:
+        check_manifest(read_manifest(path2), path2, H100, onnx_path=other)
+    assert f"build-engine {other} -o {path2}" in str(e.value)
+
+
+def test_missing_or_broken_manifest_refused(tmp_path, tiny_onnx):
+    path, _ = write_engine(tmp_path, tiny_onnx)
+    mp = manifest_path(path)
+    assert mp.name == "model.engine.json"
+    mp.write_text("{not json")
+    with pytest.raises(ModelError, match="unreadable.*build-engine"):
+        read_manifest(path)
+    mp.write_text(json.dumps({"precision": "fp16"}))
+    with pytest.raises(ModelError, match="lacks onnx_sha256"):
+        read_manifest(path)
+    mp.unlink()
+    with pytest.raises(ModelError, match="manifest model.engine.json is missing"):
+        read_manifest(path)
+    with pytest.raises(ModelNotFoundError):
+        read_manifest(tmp_path / "nope.engine")
+
+
+def fake_tensorrt(version="10.13.0.35", fp16=True, engine=None):
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return engine
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    trt.BuilderFlag = types.SimpleNamespace(**({"FP16": 0, "BF16": 1, "INT8": 2} if fp16 else
+                                               {"TF32": 0}))
+    return trt
+
+
+def test_deserialize_none_is_refused_never_rebuilt(tmp_path, tiny_onnx, monkeypatch):
+    path, _ = write_engine(tmp_path, tiny_onnx)
+    before = path.read_bytes()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(engine=None))
+    with pytest.raises(ModelError, match=r"could not deserialize.*returned None.*build-engine"):
+        E.deserialize(path, env=H100)
+    assert path.read_bytes() == before  # not rebuilt, not touched
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(engine="ENGINE"))
+    runtime, eng, m = E.deserialize(path, env=H100, onnx_path=tiny_onnx)
+    assert eng == "ENGINE" and m.precision == "fp16"
+    with pytest.raises(ModelError, match="TensorRT 10.13.0.35, this machine has 10.0.1"):
+        E.deserialize(path, env=Environment("10.0.1", H100.gpu_name, "9.0"))
+
+
+def test_precision_api_detection():
+    assert E.has_precision_flags(fake_tensorrt("10.13.0.35", fp16=True))
+    assert not E.has_precision_flags(fake_tensorrt("11.4.0", fp16=False))
+    assert not E.has_precision_flags(fake_tensorrt("11.0.0", fp16=True))  # major decides too
+    assert E.tensorrt_major(fake_tensorrt("8.6.1")) == 8
+
+
+def test_engine_cache_keyed_on_all_fields(tmp_path, tiny_onnx):
+    path, m = write_engine(tmp_path, tiny_onnx)
+    cache = EngineCache(tmp_path / "cache")
+    stored = cache.store(path)
+    assert stored.name == m.key()[:32] + ".engine" and manifest_path(stored).is_file()
+    fields = {k: getattr(m, k) for k in Manifest.KEY_FIELDS}
+    assert cache.lookup(fields, H100) == stored
+    for k, v in [("precision", "bf16"), ("batch", 4), ("tile", 140), ("gpu_name", "other"),
+                 ("tensorrt_version", "10.0"), ("onnx_sha256", "0" * 64),
+                 ("build_flags", []), ("compute_capability", "8.9")]:
+        assert cache.lookup({**fields, k: v}, H100) is None, k
+    assert cache.find_for_onnx(tiny_onnx, H100) == stored
+    assert cache.find_for_onnx(tiny_onnx, Environment("9.0", "x", "1.0")) is None
+    # a cached engine whose bytes changed is refused, not used
+    stored.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="does not match"):
+        cache.lookup(fields, H100)
+
+
+def test_rebuild_command_quotes_paths():
+    cmd = rebuild_command("my model.onnx", "out.engine", "int8", 4, 572, ["a b.tif", "c.tif"])
+    assert cmd == ("unet-deploy build-engine 'my model.onnx' -o out.engine --precision int8 "
+                   "--batch 4 --tile 572 --calibration 'a b.tif' --calibration c.tif")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cast_onnx_for_strongly_typed_tensorrt(tiny_onnx, precision):
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(tiny_onnx))
+    low = cast_onnx(proto, precision)
+    onnx.checker.check_model(low)
+    want = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.BFLOAT16
+    assert all(t.data_type != onnx.TensorProto.FLOAT for t in low.graph.initializer)
+    assert any(t.data_type == want for t in low.graph.initializer)
+    assert low.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert low.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    x = np.random.default_rng(0).uniform(0, 1, (2, 1, 92, 92)).astype(np.float32)
+    ref = ort.InferenceSession(proto.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    if precision == "bf16":
+        pytest.skip("ONNX Runtime CPU has no bf16 Conv kernel; structure checked above")
+    got = ort.InferenceSession(low.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert np.abs(got - ref).max() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_real_tensorrt_build_and_load(tmp_path, tiny_onnx):
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("TensorRT is not installed")
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    res = E.build_engine(tiny_onnx, tmp_path / "m.engine", precision="fp16", batch=2,
+                         tile=92, timing_cache=tmp_path / "tc.bin", min_agreement=0.99)
+    assert (tmp_path / "tc.bin").stat().st_size > 0
+    runtime, eng, m = E.deserialize(res.engine, onnx_path=tiny_onnx)
+    assert m.gate["passed"] and m.precision == "fp16"
