@@ -18,8 +18,8 @@ from unet_deploy.exporting import file_sha256
 H100 = Environment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 
 
-@pytest.fixture
-def tiny_onnx(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
     import torch
 
     from unet_deploy.export import export_onnx
@@ -28,7 +28,8 @@ def tiny_onnx(tmp_path):
 
     torch.manual_seed(0)
     info = ModelInfo(name="tiny", depth=2, base=4, tile=92)
-    return export_onnx(build_unet(info).eval(), info, tmp_path / "model.onnx", parity=False)
+    return export_onnx(build_unet(info).eval(), info,
+                       tmp_path_factory.mktemp("onnx") / "model.onnx", parity=False)
 
 
 def write_engine(tmp_path, onnx_path, env=H100, name="model.engine", **kw):
@@ -210,3 +211,17 @@ def test_real_tensorrt_build_and_load(tmp_path, tiny_onnx):
     assert (tmp_path / "tc.bin").stat().st_size > 0
     runtime, eng, m = E.deserialize(res.engine, onnx_path=tiny_onnx)
     assert m.gate["passed"] and m.precision == "fp16"
+
+
+def test_build_dispatch_onnx_output_is_cpu_int8(tiny_onnx, tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 3000, (150, 170)).astype(np.uint16)]
+    with pytest.raises(ModelError, match="needs --precision int8"):
+        E.build(tiny_onnx, tmp_path / "m.int8.onnx", precision="fp16")
+    res = E.build(tiny_onnx, tmp_path / "m.int8.onnx", precision="int8", calibration=imgs,
+                  min_agreement=0.0)
+    assert res.path.is_file() and "gate pass" in res.summary()
+    if importlib.util.find_spec("tensorrt") is None:
+        from unet_deploy.errors import BackendError
+        with pytest.raises(BackendError, match="TensorRT is not installed"):
+            E.build(tiny_onnx, tmp_path / "m.engine", precision="fp16")

@@ -57,14 +57,22 @@ def segment(
                                              help="Refuse planes with more pixels than this."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    nan_policy: str = typer.Option("error", "--nan-policy",
+                                   help="NaN/Inf pixels in float images: error (refuse, "
+                                        "naming the count) | zero (treat them as 0)."),
 ):
     """Segment INPUT with overlap-tile inference; no seams, bounded memory."""
     from .pipeline import default_output_path, segment_file
 
+    from .errors import InputError
+    from .io import NAN_POLICIES
+
+    if nan_policy not in NAN_POLICIES:
+        raise InputError(f"--nan-policy {nan_policy!r}: choose one of {', '.join(NAN_POLICIES)}")
     out = output_path or default_output_path(input, output)
     summary = segment_file(input, out, model, backend=backend, batch_size=batch_size, tile=tile,
                            output=output, threads=threads, overwrite=overwrite, series=series,
-                           max_pixels=max_pixels, progress=not quiet)
+                           max_pixels=max_pixels, progress=not quiet, nan_policy=nan_policy)
     typer.echo(f"{out}: {summary}")
 
 

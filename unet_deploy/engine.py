@@ -420,9 +420,14 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str = "fp
     from the model's input range). ``timing_cache`` is loaded when it exists and written back.
     With ``cache_dir``, an identical earlier build is reused from the engine cache."""
     import onnx
-    import tensorrt as trt
 
-    from .metadata import METADATA_KEY
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendError("TensorRT is not installed (pip install 'unet-deploy[tensorrt]' on a "
+                           "machine with an NVIDIA GPU); for a CPU INT8 model use -o "
+                           "MODEL.int8.onnx --precision int8") from None
+
     from .model_store import read_onnx
     from .quantize import calibration_tiles as gather_tiles, gate_report, run_onnx
 
@@ -586,3 +591,26 @@ def _execute(engine, context, x: np.ndarray) -> np.ndarray:
         raise BackendError("TensorRT execute_async_v3 failed")
     stream.synchronize()
     return yout.cpu().numpy()
+
+
+# ------------------------------------------------------------- one entry for the CLI
+
+def build(onnx_path: str | Path, out: str | Path, *, precision: str = "fp16", batch: int = 8,
+          tile: int | None = None, calibration: list[str | Path] | None = None,
+          timing_cache: str | Path | None = None,
+          min_agreement: float = DEFAULT_MIN_AGREEMENT, overwrite: bool = False):
+    """``unet-deploy build-engine``: ``-o X.onnx`` with ``--precision int8`` builds the CPU INT8
+    model (ONNX Runtime Q/DQ, returns ``quantize.QuantizeResult``); any other output is a
+    TensorRT engine (returns ``BuildResult``). Both are accuracy-gated; both ``.summary()``."""
+    out = Path(out)
+    if out.suffix == ".onnx":
+        if precision != "int8":
+            raise ModelError(f"{out}: an .onnx output is the CPU INT8 model and needs "
+                             f"--precision int8 (got {precision}); use -o MODEL.engine for a "
+                             f"TensorRT engine")
+        from .quantize import quantize_int8
+        return quantize_int8(onnx_path, out, calibration=calibration or (), tile=tile,
+                             min_agreement=min_agreement, overwrite=overwrite)
+    return build_engine(onnx_path, out, precision=precision, batch=batch, tile=tile,
+                        calibration=calibration, timing_cache=timing_cache,
+                        min_agreement=min_agreement, overwrite=overwrite)

@@ -332,6 +332,7 @@ class PlaneReader:
         self.width = source.width
         self.channels = source.channels
         self.dtype = source.dtype
+        self.nan_policy = source.nan_policy
         self.array: np.ndarray | None = None
         self.raw: np.ndarray | None = None
         self._zero_nonfinite = source.nan_policy == "zero" and np.dtype(source.dtype).kind == "f"

@@ -50,12 +50,69 @@ def read_onnx(path: str | Path) -> ModelFile:
     return _read_onnx(str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 
+def _external_locations(path: str) -> list[str] | None:
+    """The ``location`` of every tensor stored as external data, read without loading any of
+    it: with ``onnx`` (``onnx.load(..., load_external_data=False)``, the whole graph including
+    subgraphs); without ``onnx`` (a base install), by scanning the protobuf bytes for the
+    ``location`` key of ``StringStringEntryProto`` entries -- a conservative fallback that can
+    only over-report. None when the file is not a parsable ONNX protobuf (ORT reports it)."""
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        try:
+            proto = onnx.load(path, load_external_data=False)
+        except Exception:  # noqa: BLE001 - not a protobuf: let ORT give its message
+            return None
+        locs = []
+        for t in _get_all_tensors(proto):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                entries = {e.key: e.value for e in t.external_data}
+                locs.append(entries.get("location", ""))
+        return locs
+    data = Path(path).read_bytes()
+    locs, key = [], b"\x0a\x08location\x12"
+    start = data.find(key)
+    while start >= 0:
+        i = start + len(key)
+        n, shift = 0, 0
+        while i < len(data) and shift < 35:  # varint length
+            n |= (data[i] & 0x7F) << shift
+            i += 1
+            if not data[i - 1] & 0x80:
+                break
+            shift += 7
+        locs.append(data[i : i + n].decode("utf-8", "replace"))
+        start = data.find(key, i)
+    return locs
+
+
+def check_external_data(path: str | Path) -> None:
+    """Refuse (ModelError) an ONNX file whose external-data tensors point outside its folder
+    (``../``, absolute paths, symlinks leading out, missing files) -- before ONNX Runtime
+    opens anything."""
+    path = Path(path)
+    folder = path.resolve().parent
+    for loc in _external_locations(str(path)) or []:
+        target = (folder / loc).resolve() if loc else folder
+        p = Path(loc)
+        if not loc or p.is_absolute() or ".." in p.parts or not target.is_relative_to(folder):
+            raise ModelError(f"{path}: external weight data {loc!r} points outside the model's "
+                             f"folder; refused for safety, keep the data file next to the model")
+        if not target.is_file():
+            raise ModelError(f"{path}: external weight data {loc!r} is missing; copy it next "
+                             f"to the model")
+
+
 @functools.lru_cache(maxsize=16)
 def _read_onnx(path: str, mtime: int, size: int) -> ModelFile:
     import onnxruntime as ort
 
     if size == 0:
         raise ModelError(f"{path}: model file is empty; re-export or re-download it")
+    check_external_data(path)
     try:
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as exc:

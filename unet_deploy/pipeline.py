@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import InputError
+from .errors import Cancelled, InputError
 from .metadata import ModelInfo
 from .normalize import offset_scale, sample_rows
 from .planner import TilePlan, plan_tiles
@@ -87,7 +87,30 @@ def plane_sample(reader) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def preprocess_for(reader, info: ModelInfo, where: str = "image") -> Preprocess:
+def count_nonfinite(reader) -> int:
+    """NaN/Inf pixels of a float plane, counted band by band (memory bounded)."""
+    if np.dtype(reader.dtype).kind != "f":
+        return 0
+    src = getattr(reader, "array", None)
+    n = 0
+    for y0 in range(0, reader.height, SAMPLE_BAND):
+        y1 = min(reader.height, y0 + SAMPLE_BAND)
+        band = src[y0:y1] if src is not None else reader.read_rows(y0, y1)
+        n += int(band.size - np.count_nonzero(np.isfinite(band)))
+    return n
+
+
+def preprocess_for(reader, info: ModelInfo, where: str = "image",
+                   nan_policy: str | None = None) -> Preprocess:
+    """Channel mix and normalization for one plane. NaN/Inf pixels: with the "error" policy
+    (default) the plane is refused, naming the count; with "zero" the reader already returns
+    them as 0 (``open_image(..., nan_policy="zero")``, or the caller cleaned the array)."""
+    policy = nan_policy or getattr(reader, "nan_policy", "error")
+    if policy == "error":
+        bad = count_nonfinite(reader)
+        if bad:
+            raise InputError(f"{where}: {bad} NaN/Inf pixel(s) in a float image; clean the image "
+                             f"or pass --nan-policy zero (treats them as 0)")
     mix = channel_mix(reader.channels, info.in_channels, where)
     sample = plane_sample(reader).astype(np.float32)
     mixed = np.einsum("hws,cs->chw", sample, mix)
@@ -141,11 +164,13 @@ def gather_batch(source: RowSource, plan: TilePlan, ids: np.ndarray, prep: Prepr
 
 def segment_plane(reader, plan: TilePlan, backend, prep: Preprocess, batch_size: int = 1,
                   output: str = "labels",
-                  on_tiles: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+                  on_tiles: Callable[[int], None] | None = None,
+                  cancel=None) -> Iterator[np.ndarray]:
     """Yield the output of one plane as row bands, top to bottom.
 
     A background thread gathers batch k+1 into the spare buffer while the backend runs batch k;
-    the caller consumes (writes) band r while later bands are still being computed."""
+    the caller consumes (writes) band r while later bands are still being computed.
+    ``cancel``: a ``threading.Event`` checked between batches; once set, ``Cancelled`` is raised."""
     from .merger import BandMerger
 
     info = backend.info
@@ -159,6 +184,8 @@ def segment_plane(reader, plan: TilePlan, backend, prep: Preprocess, batch_size:
         pending = pool.submit(gather_batch, source, plan, batches[0], prep, buffers[0])
         for k, batch in enumerate(batches):
             tiles = pending.result()
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"cancelled after {k} of {len(batches)} batches; no result")
             if k + 1 < len(batches):
                 pending = pool.submit(gather_batch, source, plan, batches[k + 1], prep,
                                       buffers[(k + 1) % 2])
@@ -205,16 +232,17 @@ def default_output_path(input_path: str | Path, output: str) -> Path:
     return p.with_name(f"{stem}.{output}.tif")
 
 
-def _plane_bands(reader, plan, backend, prep, batch_size, output, on_tiles):
+def _plane_bands(reader, plan, backend, prep, batch_size, output, on_tiles, cancel=None):
     """Bands of one plane in the requested output kind. Instances need the whole plane's class
     map (connected components are not local), so that kind is built in memory, then banded."""
     if output != "instances":
-        yield from segment_plane(reader, plan, backend, prep, batch_size, output, on_tiles)
+        yield from segment_plane(reader, plan, backend, prep, batch_size, output, on_tiles,
+                                 cancel)
         return
     from .postprocess import to_instances
 
     labels = np.concatenate(list(segment_plane(reader, plan, backend, prep, batch_size,
-                                               "labels", on_tiles)))
+                                               "labels", on_tiles, cancel)))
     inst = to_instances(labels, backend.info)
     for y0 in range(0, inst.shape[0], plan.out_h):
         yield inst[y0 : y0 + plan.out_h]
@@ -235,11 +263,13 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                  backend: str = "auto", batch_size: int = 1, tile: int | None = None,
                  output: str = "labels", threads: int = 0, overwrite: bool = False,
                  series: int | None = None, max_pixels: int | None = None,
-                 progress: bool = True) -> Summary:
+                 progress: bool = True, nan_policy: str = "error", cancel=None) -> Summary:
     """Segment a (huge) TIFF into a tiled, compressed BigTIFF; returns a Summary.
 
     Memory stays bounded: the input is memory-mapped or decoded band by band, and output bands
-    are written as soon as their tile row is complete (except ``output="instances"``)."""
+    are written as soon as their tile row is complete (except ``output="instances"``).
+    ``nan_policy``: "error" | "zero" for NaN/Inf pixels (see ``preprocess_for``); ``cancel``: a
+    ``threading.Event`` checked between batches (``Cancelled``; nothing is written)."""
     from tqdm import tqdm
 
     from .backends import open_backend
@@ -248,7 +278,8 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
     out = default_output_path(input_path, output) if output_path is None else Path(output_path)
     check_output(out, input_path, overwrite)
     t0 = time.perf_counter()
-    with open_image(input_path, series=series, max_pixels=max_pixels) as src, \
+    with open_image(input_path, series=series, max_pixels=max_pixels,
+                    nan_policy=nan_policy) as src, \
             open_backend(model, backend, threads=threads) as be:
         info = be.info
         plan = plan_tiles(src.height, src.width, info.geometry, default_tile(info, tile))
@@ -261,7 +292,7 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                 reader = src.plane(i)
                 prep = preprocess_for(reader, info, str(input_path))
                 for band in _plane_bands(reader, plan, be, prep, batch_size, output,
-                                         bar.update):
+                                         bar.update, cancel):
                     writer.write_band(band)
         return Summary(src.height * src.width * src.n_planes, plan.n_tiles * src.n_planes,
                        time.perf_counter() - t0, src.n_planes)

@@ -71,13 +71,14 @@ def gate_report(reference: np.ndarray, candidate: np.ndarray,
                          f"{candidate.shape}")
     agree = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
     diff = np.abs(reference - candidate)
-    if not np.isfinite(candidate).all():
+    finite = bool(np.isfinite(candidate).all())
+    if not finite:
         agree = 0.0
     return GateReport(tiles=int(reference.shape[0]),
                       pixels=int(reference.shape[0] * reference.shape[2] * reference.shape[3]),
                       label_agreement=agree, max_abs_error=float(np.nanmax(diff)),
                       mean_abs_error=float(np.nanmean(diff)), min_agreement=float(min_agreement),
-                      passed=bool(agree >= min_agreement))
+                      passed=bool(finite and agree >= min_agreement))
 
 
 # ----------------------------------------------------------------- calibration data

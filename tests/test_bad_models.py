@@ -1,0 +1,208 @@
+"""Unusable models fail at load (exit code 4, one line naming the file), before inference and
+before ONNX Runtime touches anything unsafe; pickle payloads in checkpoints never run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from unet_deploy.cli import app
+from unet_deploy.errors import ModelError, ModelNotFoundError, UnetDeployError
+from unet_deploy.metadata import METADATA_KEY
+from unet_deploy.model_store import check_external_data, read_onnx
+
+onnx = pytest.importorskip("onnx")
+EXAMPLE = Path(__file__).parents[1] / "examples" / "bbbc039_crop.tif"
+runner = CliRunner()
+
+
+def cli_refuses(model: Path, tmp_path: Path, text: str, code: int = 4) -> str:
+    img = tmp_path / "in.tif"
+    if not img.exists():
+        tifffile.imwrite(img, tifffile.imread(EXAMPLE)[:64, :64])
+    out = tmp_path / "out.tif"
+    res = runner.invoke(app, ["segment", str(img), "-o", str(out), "--model", str(model), "-q"])
+    msg = res.output.strip()
+    assert res.exit_code == code, msg
+    assert len(msg.splitlines()) == 1 and str(model.name) in msg and text in msg, msg
+    assert not out.exists() and not list(tmp_path.glob(".out.tif.partial-*"))
+    return msg
+
+
+def test_missing_empty_truncated_random(tiny_model, tmp_path):
+    cli_refuses(tmp_path / "nope.onnx", tmp_path, "no such model file")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    cli_refuses(empty, tmp_path, "empty")
+    raw = tiny_model.read_bytes()
+    for cut in (10, len(raw) // 2, len(raw) - 5):
+        trunc = tmp_path / f"trunc{cut}.onnx"
+        trunc.write_bytes(raw[:cut])
+        cli_refuses(trunc, tmp_path, "trunc")
+    rnd = tmp_path / "random.onnx"
+    rnd.write_bytes(np.random.default_rng(0).bytes(5000))
+    cli_refuses(rnd, tmp_path, "not a loadable ONNX model")
+
+
+def _with_external(tiny_model: Path, folder: Path, location: str, name="ext.onnx") -> Path:
+    m = onnx.load(str(tiny_model))
+    t = max(m.graph.initializer, key=lambda t: len(t.raw_data))
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "64")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    path = folder / name
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "sub/../../secret.bin", "/etc/hostname"])
+def test_external_data_outside_folder_refused(tiny_model, tmp_path, location):
+    (tmp_path / "secret.bin").write_bytes(bytes(4096))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = _with_external(tiny_model, folder, location)
+    with pytest.raises(ModelError, match="points outside"):
+        check_external_data(path)
+    msg = cli_refuses(path, tmp_path, "points outside")
+    assert "keep the data file next to the model" in msg
+
+
+def test_external_data_symlink_out_refused(tiny_model, tmp_path, monkeypatch):
+    (tmp_path / "secret.bin").write_bytes(bytes(4096))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    os.symlink(tmp_path / "secret.bin", folder / "weights.bin")
+    path = _with_external(tiny_model, folder, "weights.bin")
+    import onnxruntime
+
+    def boom(*a, **k):  # ORT must never be reached
+        raise AssertionError("ONNX Runtime opened a model with unsafe external data")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", boom)
+    with pytest.raises(ModelError, match="points outside"):
+        read_onnx(path)
+
+
+def test_external_data_fallback_scanner(tiny_model, tmp_path, monkeypatch):
+    """Without the onnx package the raw protobuf scan finds the same locations."""
+    import builtins
+
+    from unet_deploy import model_store
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = _with_external(tiny_model, folder, "../secret.bin")
+    real_import = builtins.__import__
+
+    def no_onnx(name, *a, **k):
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    assert model_store._external_locations(str(path)) == ["../secret.bin"]
+    with pytest.raises(ModelError, match="points outside"):
+        check_external_data(path)
+    assert model_store._external_locations(str(tiny_model)) == []
+
+
+def test_external_data_inside_folder_loads(tiny_model, tmp_path):
+    from unet_deploy.pipeline import segment_array
+
+    m = onnx.load(str(tiny_model))
+    path = tmp_path / "ext_ok.onnx"
+    onnx.save_model(m, str(path), save_as_external_data=True, location="ext_ok.onnx.data",
+                    size_threshold=0)
+    img = tifffile.imread(EXAMPLE)[:64, :64]
+    np.testing.assert_array_equal(segment_array(img, path), segment_array(img, tiny_model))
+    (tmp_path / "ext_ok.onnx.data").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        check_external_data(path)
+
+
+def _graph_model(tmp_path, name, in_shape, elem=None, meta=None, out_shape=None):
+    from onnx import TensorProto, helper
+
+    elem = elem or TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", elem, in_shape)
+    y = helper.make_tensor_value_info("y", elem, out_shape or in_shape)
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    if meta is not None:
+        helper.set_model_props(m, {METADATA_KEY: meta})
+    path = tmp_path / name
+    onnx.save(m, str(path))
+    return path
+
+
+def _meta(**kw) -> str:
+    base = {"name": "t", "depth": 2, "base": 4, "in_channels": 1, "classes": ["a", "b"],
+            "padding": "valid", "tile": 92}
+    base.update(kw)
+    return json.dumps(base)
+
+
+@pytest.mark.parametrize("name,shape,elem,meta,text", [
+    ("rank3.onnx", ["b", 1, 92], None, _meta(), "(batch, channels, height, width)"),
+    ("double.onnx", ["b", 1, "h", "w"], 11, _meta(), "float32"),
+    ("channels.onnx", ["b", 1, "h", "w"], None, _meta(in_channels=3), "channels"),
+    ("badtile.onnx", ["b", 1, "h", "w"], None, _meta(tile=93), "not a legal input size"),
+    ("nometa.onnx", ["b", 1, "h", "w"], None, None, "metadata"),
+    ("badmeta.onnx", ["b", 1, "h", "w"], None, "{not json", "metadata"),
+])
+def test_unusable_geometry_fails_at_load(tmp_path, name, shape, elem, meta, text):
+    path = _graph_model(tmp_path, name, shape, elem, meta)
+    with pytest.raises(ModelError, match="") as ei:
+        read_onnx(path)
+    assert text in str(ei.value)
+    cli_refuses(path, tmp_path, text)
+
+
+def test_segmenter_refuses_bad_model_at_construction(tmp_path):
+    from unet_deploy import Segmenter
+
+    path = _graph_model(tmp_path, "rank3.onnx", ["b", 1, 92], None, _meta())
+    with pytest.raises(ModelError):
+        Segmenter(path)
+
+
+class Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_payload_checkpoint_refused_and_not_run(tmp_path):
+    torch = pytest.importorskip("torch")
+    from unet_deploy.checkpoints import load_checkpoint
+    from unet_deploy.exporting import load_training_checkpoint
+
+    marker = tmp_path / "PWNED"
+    ck = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "step": 3, "x": Payload(str(marker))}, ck)
+    for loader in (load_checkpoint, load_training_checkpoint):
+        with pytest.raises(ModelError) as ei:
+            loader(ck)
+        assert isinstance(ei.value, UnetDeployError) and "evil.pt" in str(ei.value)
+        assert "\n" not in str(ei.value)
+    assert not marker.exists(), "pickle payload executed"
+    with pytest.raises(ModelNotFoundError):
+        load_checkpoint(tmp_path / "none.pt")
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "step": 3}, good)
+    assert load_checkpoint(good)["step"] == 3
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x04junk")
+    with pytest.raises(ModelError, match="junk.pt"):
+        load_checkpoint(junk)
