@@ -160,6 +160,46 @@ def evaluate(
         typer.echo(f"{key:>12}: {value:.4f}" if isinstance(value, float) else f"{key:>12}: {value}")
 
 
+@app.command()
+@cli_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt, loaded weights_only)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="ONNX file [default: next to it]."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Default input tile in the metadata."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+):
+    """Export a checkpoint to a self-describing ONNX file (parity-checked against PyTorch)."""
+    from .exporting import export_checkpoint
+
+    typer.echo(export_checkpoint(checkpoint, out, tile=tile, overwrite=overwrite).summary())
+
+
+@app.command("build-engine")
+@cli_errors
+def build_engine(
+    model: Path = typer.Argument(..., help="ONNX model exported by unet-deploy."),
+    out: Path = typer.Option(..., "-o", "--out",
+                             help="X.engine (TensorRT) or X.onnx with --precision int8 (CPU)."),
+    precision: str = typer.Option("fp16", "--precision", help="fp32 | fp16 | bf16 | int8"),
+    batch: int = typer.Option(8, "--batch", min=1, help="Batch of the optimization profile."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Input tile [default: model's]."),
+    calibration: Optional[List[str]] = typer.Option(None, "--calibration",
+                                                    help="Images for INT8 calibration and the "
+                                                         "accuracy gate (files, folders, globs)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache"),
+    min_agreement: float = typer.Option(0.995, "--min-agreement",
+                                        help="Accuracy gate: label agreement with fp32."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+):
+    """Build a TensorRT engine (GPU) or a CPU INT8 ONNX model, gated on accuracy vs fp32."""
+    from .engine import build
+
+    result = build(model, out, precision=precision, batch=batch, tile=tile,
+                   calibration=calibration, timing_cache=timing_cache,
+                   min_agreement=min_agreement, overwrite=overwrite)
+    typer.echo(result.summary())
+
+
 @app.command("exit-codes")
 def exit_codes():
     """Print the documented exit codes."""
