@@ -42,9 +42,13 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--minutes", type=float, default=85.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    ap.add_argument("--lr", type=float, default=None, help="override lr (e.g. a decay phase)")
     args = ap.parse_args()
+    recipe = dict(RECIPES[args.recipe])
+    recipe.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
     cfg = TrainConfig(out=args.out or f"runs/{args.recipe}", threads=args.threads,
-                      max_minutes=args.minutes, norm=Normalization(), **RECIPES[args.recipe])
+                      max_minutes=args.minutes, norm=Normalization(), **recipe)
     print(json.dumps({k: v for k, v in vars(cfg).items() if k != "norm"}), file=sys.stderr)
     print(json.dumps(train(cfg), indent=2))
 

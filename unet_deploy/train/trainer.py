@@ -198,6 +198,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         ck = load_checkpoint(last)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        for group in opt.param_groups:  # the given lr wins, so a resumed run can decay it
+            group["lr"] = cfg.lr
         step, best = ck["step"], ck["best"]
         torch.set_rng_state(ck["torch_rng"])
         rng.bit_generator.state = json.loads(ck["np_rng"])
