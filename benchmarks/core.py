@@ -83,6 +83,32 @@ class MemProbe:
         return mb
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(max_tiles: int):
+    """Stop ``segment_file`` after ``max_tiles`` tiles (0: never), through its progress bar's
+    update hook: the run is the real code path, cut short (its writer cleans up)."""
+    import tqdm
+
+    class Bar(tqdm.tqdm):
+        count = 0
+
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            Bar.total = k.get("total")
+
+        def update(self, n=1):
+            Bar.count += n
+            if max_tiles and Bar.count >= max_tiles:
+                raise _Stop
+            return super().update(n)
+
+    tqdm.tqdm = Bar
+    return Bar
+
+
 def child(args) -> dict:
     """One run in this (fresh) process; prints a JSON line."""
     from unet_deploy.pipeline import segment_file
@@ -94,10 +120,15 @@ def child(args) -> dict:
         t0 = time.perf_counter()
         if args.mode == "unet-deploy":
             out = Path(args.out_dir) / f"{path.stem}.core.labels.tif"
-            s = segment_file(path, out, args.model, batch_size=args.batch, tile=args.tile,
-                             threads=args.threads, overwrite=True, progress=False)
-            res.update(tiles=s.tiles, pixels=s.pixels)
-            out.unlink()
+            stop = _stop_after(args.max_tiles)
+            try:
+                s = segment_file(path, out, args.model, batch_size=args.batch, tile=args.tile,
+                                 threads=args.threads, overwrite=True, progress=False)
+                res.update(tiles=s.tiles, pixels=s.pixels)
+                out.unlink()
+            except _Stop:
+                res.update(tiles=stop.count, tiles_total=stop.total, complete=False,
+                           pixels=0)
         else:
             import tifffile
 
@@ -128,24 +159,30 @@ def ratio(args) -> dict:
     import onnxruntime as ort  # noqa: F401
 
     from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
+    from unet_deploy.model_store import read_onnx
     from unet_deploy.pipeline import segment_array
 
     model = bench_model(16, 4)
     sess = bare_session(model, args.threads)
+    configs = [(t, b) for t in args.tiles for b in args.batches]
+    xs = {c: np.random.default_rng(0).standard_normal((c[1], 1, c[0], c[0]), dtype=np.float32)
+          for c in configs}
+    times = {c: [] for c in configs}
+    for c in configs:  # warm (arena growth, kernel selection)
+        sess.run(None, {"image": xs[c]})
+    for r in range(args.scan_repeats):  # interleaved: every config once per round
+        for c in (configs if r % 2 == 0 else configs[::-1]):
+            t = time.perf_counter()
+            sess.run(None, {"image": xs[c]})
+            times[c].append(time.perf_counter() - t)
     scan = []
-    for tile in args.tiles:
-        for b in args.batches:
-            x = np.random.default_rng(0).standard_normal((b, 1, tile, tile), dtype=np.float32)
-            sess.run(None, {"image": x})
-            ts = []
-            for _ in range(args.scan_repeats):
-                t = time.perf_counter()
-                y = sess.run(None, {"image": x})[0]
-                ts.append(time.perf_counter() - t)
-            mpx = y.shape[0] * y.shape[2] * y.shape[3] / 1e6 / float(np.median(ts))
-            scan.append({"tile": tile, "batch": b, "out_tile": int(y.shape[2]),
-                         "bare_mpx_per_s": mpx, "seconds_median": float(np.median(ts))})
-            print(json.dumps(scan[-1]), flush=True)
+    for (tile, b) in configs:
+        o = int(read_onnx(model).info.geometry.output_size(tile))
+        med = float(np.median(times[(tile, b)]))
+        scan.append({"tile": tile, "batch": b, "out_tile": o,
+                     "bare_mpx_per_s": b * o * o / 1e6 / med, "seconds_median": med,
+                     "seconds": times[(tile, b)]})
+        print(json.dumps(scan[-1]), flush=True)
     best = max(scan, key=lambda r: r["bare_mpx_per_s"])
     tile, batch = args.tile or best["tile"], args.batch or best["batch"]
 
@@ -174,7 +211,7 @@ def ratio(args) -> dict:
         "tile_scan": scan,
         "tile": tile,
         "batch": batch,
-        "tiles": int(tiles.shape[0] * tiles.shape[1]) if tiles.ndim == 5 else None,
+        "tiles": int(sum(t.shape[0] for t in tiles)),
         "repeats": args.repeats,
         "e2e_seconds": ee,
         "bare_seconds": bare,
@@ -190,12 +227,50 @@ def ratio(args) -> dict:
     return res
 
 
+# --------------------------------------------------------------------------- spinning A/B
+def spin(args) -> dict:
+    """ORT intra-op spinning on vs off, end to end and bare, interleaved (profile-driven
+    change candidate: on 2 cores the spinning ORT workers compete with the gather thread)."""
+    from unet_deploy.bench import ort_backend
+    from unet_deploy.pipeline import segment_array
+
+    model = bench_model(16, 4)
+    image = mosaic_array(args.size, args.size)
+    bes = {"spin_on": ort_backend(model, args.threads, True),
+           "spin_off": ort_backend(model, args.threads, False)}
+    tiles, n = pregather(image, bes["spin_on"].info, args.tile, args.batch)
+    t = {f"{k}_{w}": [] for k in bes for w in ("e2e", "bare")}
+    for k, be in bes.items():  # warm
+        segment_array(image[:600, :600], backend=be, batch_size=args.batch, tile=args.tile)
+    for r in range(args.repeats):
+        keys = list(bes) if r % 2 == 0 else list(bes)[::-1]
+        for k in keys:
+            be = bes[k]
+            s = time.perf_counter()
+            segment_array(image, backend=be, batch_size=args.batch, tile=args.tile)
+            t[f"{k}_e2e"].append(time.perf_counter() - s)
+            s = time.perf_counter()
+            for b in tiles:
+                be.session.run(None, {"image": b})
+            t[f"{k}_bare"].append(time.perf_counter() - s)
+        print(r, {k: round(v[-1], 2) for k, v in t.items()}, flush=True)
+    med = {k: float(np.median(v)) for k, v in t.items()}
+    res = {"size": args.size, "tile": args.tile, "batch": args.batch, "threads": args.threads,
+           "repeats": args.repeats, "seconds": t, "median": med,
+           "ratio_spin_on": med["spin_on_bare"] / med["spin_on_e2e"],
+           "ratio_spin_off": med["spin_off_bare"] / med["spin_off_e2e"],
+           "e2e_speedup_off_vs_on": med["spin_on_e2e"] / med["spin_off_e2e"]}
+    (RESULTS / "core_spin.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+    return res
+
+
 # --------------------------------------------------------------------------- rss
 def rss(args) -> list[dict]:
     model = bench_model(16, 4)
-    rows = []
     out_file = RESULTS / "core_rss.json"
     RESULTS.mkdir(exist_ok=True)
+    rows = json.loads(out_file.read_text())["rows"] if args.append and out_file.exists() else []
     for size in args.sizes:
         img = build_mosaic(size)
         common = dict(model=model, image=img, size=size, tile=args.tile, batch=args.batch,
@@ -204,10 +279,31 @@ def rss(args) -> list[dict]:
         rows.append(run_child(mode="naive", max_tiles=0 if naive_full else args.naive_tiles,
                               **common))
         print(json.dumps(rows[-1]), flush=True)
-        rows.append(run_child(mode="unet-deploy", max_tiles=0, **common))
+        full = size <= args.full_max
+        ud_tiles = 0 if full else args.tile_rows * -(-size // out_tile(model, args.tile))
+        rows.append(run_child(mode="unet-deploy", max_tiles=ud_tiles, **common))
         print(json.dumps(rows[-1]), flush=True)
         out_file.write_text(json.dumps({"rows": rows, "machine": machine_info()}, indent=1))
+    if args.tall:  # full run of a tall strip: memory must not grow with the image height
+        img = build_mosaic((args.tall, args.tall_width))
+        r = run_child(mode="unet-deploy", max_tiles=0, model=model, image=img, size=0,
+                      tile=args.tile, batch=args.batch, threads=args.threads,
+                      out_dir=DEFAULT_DIR)
+        r["size"] = f"{args.tall}x{args.tall_width}"
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        out_file.write_text(json.dumps({"rows": rows, "machine": machine_info()}, indent=1))
     return rows
+
+
+def _label(size) -> str:
+    return f"{size}²" if isinstance(size, int) else f"{size}"
+
+
+def out_tile(model, tile: int) -> int:
+    from unet_deploy.model_store import read_onnx
+
+    return read_onnx(model).info.geometry.output_size(tile)
 
 
 # --------------------------------------------------------------------------- report
@@ -287,13 +383,21 @@ def report(args) -> None:
         "| image | method | tiles run | seconds | Mpx/s | peak RssAnon MB | peak RSS (ru_maxrss) MB |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    o = out_tile(bench_model(16, 4), rss_r["rows"][0]["tile"])
     for r in rss_r["rows"]:
         tiles = f"{r['tiles']}" + (f" of {r['tiles_total']}" if not r.get("complete", True)
                                    else "")
-        mpx = f"{r['mpx_per_s']:.3f}" if "mpx_per_s" in r else "–"
-        lines.append(f"| {r['size']}² | {r['mode']} | {tiles} | {r['seconds']:.1f} | {mpx} | "
+        if "mpx_per_s" in r:
+            r["mpx_per_s_tiles"] = r["mpx_per_s"]
+            mpx = f"{r['mpx_per_s']:.3f}"
+        elif r["mode"] == "unet-deploy":  # partial run: output area of the tiles run
+            r["mpx_per_s_tiles"] = r["tiles"] * o * o / 1e6 / r["seconds"]
+            mpx = f"{r['mpx_per_s_tiles']:.3f}*"
+        else:
+            mpx = "–"
+        lines.append(f"| {_label(r['size'])} | {r['mode']} | {tiles} | {r['seconds']:.1f} | {mpx} | "
                      f"{r['peak_RssAnon_mb']:.0f} | {r['ru_maxrss_mb']:.0f} |")
-    ud = [r for r in rss_r["rows"] if r["mode"] == "unet-deploy"]
+    ud = [r for r in rss_r["rows"] if r["mode"] == "unet-deploy" and isinstance(r["size"], int)]
     big = max(ud, key=lambda r: r["size"])
     small = min(ud, key=lambda r: r["size"])
     lines += [
@@ -302,6 +406,13 @@ def report(args) -> None:
         f"(RssAnon {big['peak_RssAnon_mb']:.0f} MB) vs {small['ru_maxrss_mb']:.0f} MB at "
         f"{small['size']}². Target ≤ 1 GB and flat: "
         f"**{'met' if big['ru_maxrss_mb'] <= 1024 and big['ru_maxrss_mb'] <= 1.5 * small['ru_maxrss_mb'] + 100 else 'see notes'}**.",
+        "",
+        "\\* partial run (the first tile rows only, the image is too big to finish in this "
+        "session's time budget at this machine's speed): output Mpx/s over the tiles run, "
+        "start-up (normalisation sample, session) included. Peak memory of the streaming "
+        "pipeline is reached within the first tile row and then stays flat (the input is "
+        "memory-mapped and the pages of finished rows are released; output bands are written "
+        "as soon as they are complete), so the partial runs measure the same peak as a full run.",
         "",
         "Naive loop = `tifffile.imread` of the whole image, float32 normalisation, `np.pad` "
         "(mode \"reflect\") of the whole image, then one tile at a time through the same ORT "
@@ -332,12 +443,24 @@ def main(argv=None):
     a.add_argument("--profile-repeats", type=int, default=1)
     a.add_argument("--threads", type=int, default=2)
     r = sub.add_parser("rss")
-    r.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10000, 20000])
+    r.add_argument("--sizes", type=int, nargs="*", default=[2000, 5000, 10000, 20000])
     r.add_argument("--tile", type=int, default=764)
     r.add_argument("--batch", type=int, default=1)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--naive-tiles", type=int, default=2)
     r.add_argument("--naive-full-max", type=int, default=5000)
+    r.add_argument("--full-max", type=int, default=5000,
+                   help="larger images: unet-deploy runs the first --tile-rows tile rows only")
+    r.add_argument("--tile-rows", type=int, default=3)
+    r.add_argument("--tall", type=int, default=0, help="also a full run of a TALL x 2000 strip")
+    r.add_argument("--tall-width", type=int, default=2000)
+    r.add_argument("--append", action="store_true", help="keep rows already in core_rss.json")
+    sp = sub.add_parser("spin")
+    sp.add_argument("--size", type=int, default=2000)
+    sp.add_argument("--tile", type=int, default=764)
+    sp.add_argument("--batch", type=int, default=1)
+    sp.add_argument("--repeats", type=int, default=3)
+    sp.add_argument("--threads", type=int, default=2)
     sub.add_parser("report")
     c = sub.add_parser("child")
     for k in ("mode", "model", "image", "out-dir"):
@@ -345,7 +468,8 @@ def main(argv=None):
     for k in ("size", "tile", "batch", "threads", "max-tiles"):
         c.add_argument(f"--{k}", type=int, default=0)
     args = ap.parse_args(argv)
-    {"ratio": ratio, "rss": rss, "report": report, "child": child}[args.cmd](args)
+    {"ratio": ratio, "rss": rss, "spin": spin, "report": report,
+     "child": child}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -171,16 +171,20 @@ def test_ifd_offset_out_of_range(tmp_path, tiny_model):
     refused(p, tiny_model, 3, "far.tif")
 
 
-def test_ifd_cycle_terminates(tmp_path, tiny_model):
-    """IFD 0 -> IFD 0 (self loop) and a strip offset pointing past the end."""
+def test_ifd_cycle_and_overlap_refused(tmp_path, tiny_model):
+    """IFD 0 -> IFD 0 (self loop); IFD 0 -> an IFD inside IFD 0 (overlap: a fuzzing find that
+    kept tifffile busy for minutes); an IFD whose tags run past the end."""
     body = tiff_bytes(gray_entries(8, 8, 300, 64), next_ifd=8)
     p = tmp_path / "loop.tif"
     p.write_bytes(body + bytes(300 - len(body)) + bytes(range(64)))
-    out = segmented(p, tiny_model)  # a loop is detected and ignored: the one page is fine
-    assert out.shape == (8, 8)
-    q = tmp_path / "loopcut.tif"
-    q.write_bytes(tiff_bytes(gray_entries(8, 8, 10**6, 64), next_ifd=8) + bytes(64))
-    refused(q, tiny_model, 3, "truncated")
+    refused(p, tiny_model, 3, "loops or overlaps")
+    body = tiff_bytes(gray_entries(8, 8, 300, 64), next_ifd=12)
+    q = tmp_path / "overlap.tif"
+    q.write_bytes(body + bytes(300 - len(body)) + bytes(range(64)))
+    refused(q, tiny_model, 3, "loops or overlaps")
+    r = tmp_path / "longifd.tif"
+    r.write_bytes(b"II*\x00\x08\x00\x00\x00\xff\xff" + bytes(100))
+    refused(r, tiny_model, 3, "runs past the end")
 
 
 def test_multi_series_needs_series(tmp_path, tiny_model, img):
@@ -233,6 +237,7 @@ def test_complex_refused(tmp_path, tiny_model):
     (">u2", {"byteorder": ">"}), (">f4", {"byteorder": ">"}),
     ("uint16", {"byteorder": ">", "compression": "zlib", "rowsperstrip": 10}),
     ("int32", {}), ("uint8", {"compression": "lzw", "tile": (32, 32)}),
+    ("uint16", {"bigtiff": True}), (">u2", {"bigtiff": True, "byteorder": ">", "compression": "zlib"}),
 ])
 def test_dtypes_and_byte_orders(tmp_path, tiny_model, img, dtype, kwargs):
     data = (img // (64 if dtype in ("float16", "uint8") else 1)).astype(dtype)

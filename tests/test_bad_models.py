@@ -206,3 +206,16 @@ def test_pickle_payload_checkpoint_refused_and_not_run(tmp_path):
     junk.write_bytes(b"\x80\x04junk")
     with pytest.raises(ModelError, match="junk.pt"):
         load_checkpoint(junk)
+
+
+def test_invalid_utf8_metadata(tiny_model, tmp_path):
+    """Fuzzing find: ORT raises UnicodeDecodeError reading corrupt metadata strings."""
+    raw = bytearray(tiny_model.read_bytes())
+    at = raw.find(b'"classes"')
+    assert at > 0
+    raw[at + 1] = 0xFF
+    path = tmp_path / "badutf8.onnx"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ModelError):
+        read_onnx(path)
+    cli_refuses(path, tmp_path, "badutf8.onnx")

@@ -320,3 +320,18 @@ def test_bad_constructor_arguments(tiny_model, tmp_path):
         Segmenter(tiny_model, tile=93)
     with pytest.raises(ValueError):
         Segmenter(tiny_model, output="nope")
+
+
+def test_acquisition_example_runs_on_simulated_frames(tiny_model, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "acquisition_loop.py"
+    spec = importlib.util.spec_from_file_location("acquisition_loop", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(["--simulate", "2", "--model", str(tiny_model), "--out", str(tmp_path),
+                   "--interval", "0"])
+    assert rc == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["time0.labels.tif", "time1.labels.tif"]
+    assert mod.main(["--simulate", "1", "--model", str(tmp_path / "none.onnx")]) == 4

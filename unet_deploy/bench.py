@@ -221,8 +221,9 @@ def naive_segment(image: np.ndarray, model, tile: int, threads: int = 0,
     h, w = image.shape[:2]
     plan = plan_tiles(h, w, info.geometry, tile)
     x = normalized(image, info)
-    pad_y = (plan.halo_y, plan.rows * plan.out_h - h + plan.halo_y)
-    pad_x = (plan.halo_x, plan.cols * plan.out_w - w + plan.halo_x)
+    # plan.out_h is the tile step; the last tile's input window ends tile_h past its origin
+    pad_y = (plan.halo_y, (plan.rows - 1) * plan.out_h + plan.tile_h - plan.halo_y - h)
+    pad_x = (plan.halo_x, (plan.cols - 1) * plan.out_w + plan.tile_w - plan.halo_x - w)
     padded = np.pad(x, ((0, 0), pad_y, pad_x), mode="reflect")
     del x
     if output == "labels":
@@ -422,6 +423,7 @@ class Peers:
         self.backend = OnnxRuntimeBackend(model, threads=threads).activate()
         self.info = self.backend.info
         self._torch = None
+        self.torch_threads = None
 
     def available(self) -> list[str]:
         out = ["unet-deploy", "naive", "whole"]
@@ -437,12 +439,27 @@ class Peers:
         return out
 
     def torch_net(self):
+        """The PyTorch net, with torch's thread count chosen by a probe: on a busy 2-core
+        machine torch's OpenMP workers can run one window 30x slower with 2 threads than with
+        1 (busy-waiting for a preempted worker), so MONAI + torch gets the faster of 1 and
+        ``threads`` (recorded in ``torch_threads``)."""
         if self._torch is None:
             import torch
 
-            if self.threads:
-                torch.set_num_threads(self.threads)
             self._torch = unet_from_onnx_weights(self.model)
+            x = torch.zeros(1, self.info.in_channels, self.tile, self.tile)
+            best = None
+            for n in sorted({1, self.threads or os.cpu_count() or 1}):
+                torch.set_num_threads(n)
+                with torch.inference_mode():
+                    self._torch(x)  # warm
+                    t = time.perf_counter()
+                    self._torch(x)
+                    dt = time.perf_counter() - t
+                if best is None or dt < best[1]:
+                    best = (n, dt)
+            torch.set_num_threads(best[0])
+            self.torch_threads = best[0]
         return self._torch
 
     def run(self, method: str, image: np.ndarray, output: str = "labels") -> np.ndarray:
@@ -493,6 +510,8 @@ def compare_peers(peers: Peers, image: np.ndarray, repeats: int, methods=None,
         if m in ("unet-deploy", "monai+ort", "naive"):
             probs[m] = p
         rows[m]["peak_rss_mb_cumulative"] = peak_rss_mb()
+        if m == "monai+torch":
+            rows[m]["torch_threads"] = peers.torch_threads
     for r in range(repeats):
         order = methods[r % len(methods):] + methods[: r % len(methods)]
         for m in order:
@@ -672,3 +691,22 @@ def _bench_image(size: int) -> tuple[np.ndarray, str]:
     yy, xx = np.mgrid[:size, :size]
     img = 1000 + 800 * np.sin(yy / 17.0) * np.cos(xx / 23.0) + rng.normal(0, 50, (size, size))
     return img.clip(0, 4095).astype(np.uint16), f"{size}x{size} uint16 synthetic (no BBBC039)"
+
+
+def ort_backend(model, threads: int = 0, spinning: bool | None = None):
+    """An activated ``OnnxRuntimeBackend``; ``spinning`` set: its session is rebuilt with
+    ``session.intra_op.allow_spinning`` forced on/off (for A/B measurements)."""
+    import onnxruntime as ort
+
+    from .backends.onnxruntime import OnnxRuntimeBackend
+
+    be = OnnxRuntimeBackend(model, threads=threads).activate()
+    if spinning is not None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      "1" if spinning else "0")
+        be.session = ort.InferenceSession(str(be.path), opts, providers=be.providers)
+    return be

@@ -24,6 +24,7 @@ import os
 import queue
 import secrets
 import threading
+from struct import error as struct_error
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -87,6 +88,7 @@ def open_image(
         raise InputError(f"{path}: cannot read input file ({exc.strerror}); check permissions") from exc
     if size == 0:
         raise InputError(f"{path}: input file is empty (0 bytes); expected a TIFF image")
+    _check_ifd_chain(path, size)
     tifffile = _tifffile()
     try:
         tif = tifffile.TiffFile(path)
@@ -99,9 +101,74 @@ def open_image(
     try:
         return ImageSource(path, tif, series=series, max_pixels=max_pixels, file_size=size,
                            nan_policy=nan_policy)
+    except InputError:
+        tif.close()
+        raise
+    except Exception as exc:  # corrupt tag values tifffile passed through (fuzzing finds them)
+        tif.close()
+        raise InputError(
+            f"{path}: corrupt or unsupported TIFF metadata ({_one_line(exc)}); re-export the image"
+        ) from exc
     except BaseException:
         tif.close()
         raise
+
+
+def _check_ifd_chain(path: Path, size: int, max_ifds: int = 10_000_000) -> None:
+    """Walk the IFD chain from the raw bytes before tifffile parses it: every IFD must lie in
+    the file, not overlap an earlier one, and the chain must end (no cycle). Corrupt chains
+    are refused here (fuzzing found overlapping IFDs that send tifffile into minutes-long
+    loops). Only the 2-byte tag counts and 4/8-byte next pointers are read (mmap)."""
+    import bisect
+    import mmap
+    import struct
+
+    if size < 8:
+        return  # tifffile reports the short header
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            head = mm[:16]
+            if head[:2] not in (b"II", b"MM"):
+                return  # not a TIFF: tifffile's message
+            bo = "<" if head[:2] == b"II" else ">"
+            version = struct.unpack(bo + "H", head[2:4])[0]
+            if version == 42:
+                cnt_fmt, cnt_size, entry, ptr_fmt, ptr_size = "H", 2, 12, "I", 4
+                offset = struct.unpack(bo + "I", head[4:8])[0]
+                first = 8
+            elif version == 43 and size >= 16:
+                cnt_fmt, cnt_size, entry, ptr_fmt, ptr_size = "Q", 8, 20, "Q", 8
+                offset = struct.unpack(bo + "Q", head[8:16])[0]
+                first = 16
+            else:
+                return
+            starts: list[int] = []  # sorted IFD starts, and their ends
+            ends: list[int] = []
+            while offset:
+                if offset < first or offset + cnt_size > size:
+                    raise InputError(
+                        f"{path}: corrupt TIFF: IFD offset {offset} is outside the file ({size} bytes); re-export or copy it again"
+                    )
+                n = struct.unpack(bo + cnt_fmt, mm[offset : offset + cnt_size])[0]
+                end = offset + cnt_size + n * entry + ptr_size
+                if end > size:
+                    raise InputError(
+                        f"{path}: corrupt or truncated TIFF: IFD at {offset} with {n} tags runs past the end of the file; re-export or copy it again"
+                    )
+                i = bisect.bisect_left(starts, offset)
+                if (i < len(starts) and starts[i] < end) or (i > 0 and ends[i - 1] > offset):
+                    raise InputError(
+                        f"{path}: corrupt TIFF: IFD chain loops or overlaps itself (IFD at {offset}); re-export the image"
+                    )
+                starts.insert(i, offset)
+                ends.insert(i, end)
+                if len(starts) > max_ifds:
+                    raise InputError(f"{path}: more than {max_ifds} IFDs; split the file")
+                offset = struct.unpack(bo + ptr_fmt, mm[end - ptr_size : end])[0]
+    except (OSError, ValueError) as exc:  # mmap of special files etc.: let tifffile decide
+        if isinstance(exc, InputError):
+            raise
+        return
 
 
 def _one_line(exc: BaseException) -> str:
@@ -160,6 +227,11 @@ class ImageSource:
         self.axes: str = s.axes
         self.height = int(kf.imagelength)
         self.width = int(kf.imagewidth)
+        if self.height < 1 or self.width < 1 or int(kf.samplesperpixel) < 1:
+            raise InputError(
+                f"{path}: image declares an empty plane ({self.width}x{self.height}, "
+                f"{int(kf.samplesperpixel)} samples); the file is corrupt, re-export it"
+            )
         if max_pixels is not None and self.height * self.width > max_pixels:
             raise InputError(
                 f"{path}: image plane is {self.width}x{self.height} = {self.height * self.width} pixels, "
@@ -264,20 +336,34 @@ class ImageSource:
     def _read_resolution(self) -> dict[str, Any]:
         kf = self._kf
         res: dict[str, Any] = {}
+        # Copied to the output, so only well-formed values: a corrupt tag must not make the
+        # TIFF writer fail after the whole image was segmented.
         try:
             if 282 in kf.tags and 283 in kf.tags:
-                x, y = kf.resolution
-                res["xresolution"] = float(x)
-                res["yresolution"] = float(y)
-                res["resolutionunit"] = int(kf.resolutionunit)
+                x, y = (float(v) for v in kf.resolution)
+                unit = int(kf.resolutionunit)
+                if all(math.isfinite(v) and v > 0 for v in (x, y)):
+                    res["xresolution"], res["yresolution"] = x, y
+                    if unit in (1, 2, 3):
+                        res["resolutionunit"] = unit
         except Exception:
             pass
-        for meta in (self._tif.imagej_metadata, (self._tif.shaped_metadata or [None])[0]):
-            if not meta:
+        try:
+            metas = (self._tif.imagej_metadata, (self._tif.shaped_metadata or [None])[0])
+        except Exception:
+            metas = ()
+        for meta in metas:
+            if not isinstance(meta, dict):
                 continue
-            for key in ("spacing", "unit"):
-                if key in meta and key not in res:
-                    res[key] = meta[key]
+            if "spacing" in meta and "spacing" not in res:
+                try:
+                    spacing = float(meta["spacing"])
+                    if math.isfinite(spacing) and spacing > 0:
+                        res["spacing"] = spacing
+                except (TypeError, ValueError):
+                    pass
+            if isinstance(meta.get("unit"), str) and "unit" not in res and meta["unit"].isprintable():
+                res["unit"] = meta["unit"][:64]
         return res
 
     # -- access ----------------------------------------------------------------------
@@ -406,6 +492,16 @@ class PlaneReader:
         """Rows [y0, y1) as a (y1-y0, W, C) array in native byte order."""
         if not (0 <= y0 <= y1 <= self.height):
             raise IndexError(f"rows [{y0}, {y1}) outside 0..{self.height}")
+        try:
+            return self._read_rows(y0, y1)
+        except InputError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OSError, struct_error) as exc:
+            raise InputError(
+                f"{self._src.path}: cannot read rows {y0}..{y1} ({_one_line(exc)}); the file may be corrupt"
+            ) from exc
+
+    def _read_rows(self, y0: int, y1: int) -> np.ndarray:
         if self.raw is not None:
             return self._finish(np.ascontiguousarray(self.raw[y0:y1]))
         src = self._src

@@ -119,7 +119,11 @@ def _read_onnx(path: str, mtime: int, size: int) -> ModelFile:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: not a loadable ONNX model ({first}); "
                          f"re-export it with `unet-deploy export`") from None
-    meta = sess.get_modelmeta().custom_metadata_map
+    try:
+        meta = sess.get_modelmeta().custom_metadata_map
+    except Exception as exc:  # noqa: BLE001 - e.g. UnicodeDecodeError on corrupt metadata
+        raise ModelError(f"{path}: unreadable ONNX metadata ({type(exc).__name__}); the file "
+                         f"is corrupt, re-export or re-download it") from None
     if METADATA_KEY not in meta:
         raise ModelError(f"{path}: ONNX file has no '{METADATA_KEY}' metadata (tile geometry, "
                          f"normalization); export it with `unet-deploy export`")

@@ -14,10 +14,16 @@ from .base import Backend
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None):
+    def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None,
+                 spinning: bool = False):
         super().__init__()
         self.path = Path(path)
         self.threads = threads
+        # ORT's intra-op workers busy-wait between ops by default. Here they would compete
+        # with our gather/writer threads (and anything else on the cores); a forward pass is
+        # seconds long, so waking them costs nothing measurable. Off: 1.29x end to end on 2
+        # cores (benchmarks/results/core_spin.json).
+        self.spinning = spinning
         self.providers = providers or ["CPUExecutionProvider"]
         self.session = None
         self.info = read_onnx(self.path).info
@@ -29,6 +35,8 @@ class OnnxRuntimeBackend(Backend):
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      "1" if self.spinning else "0")
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
         except Exception as exc:  # ORT raises its own exception types

@@ -1,0 +1,87 @@
+"""The quick benchmark path on tiny inputs: it runs, and its output has the checked format."""
+
+import json
+
+import numpy as np
+import pytest
+
+from unet_deploy import bench
+
+
+@pytest.fixture(scope="module")
+def quick_result(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(0)
+    image = (rng.random((150, 170)) * 4000).astype(np.uint16)
+    res = bench.run_benchmark(quick=True, out_dir=out, model=tiny_model, image=image,
+                              tile=92, repeats=2, threads=1, log=lambda *_: None)
+    return res, out
+
+
+def test_quick_benchmark_format(quick_result):
+    res, out = quick_result
+    assert bench.check_result(res) is res
+    on_disk = json.loads((out / "benchmark.json").read_text())
+    bench.check_result(on_disk)
+    md = (out / "benchmark.md").read_text()
+    assert "| unet-deploy |" in md and "| whole |" in md
+    methods = {r["method"] for r in res["runs"]}
+    assert {"unet-deploy", "naive", "whole"} <= methods
+    for r in res["runs"]:
+        assert len(r["seconds"]) == 2
+        assert r["share_of_gemm_ceiling"] > 0
+
+
+def test_quick_benchmark_seams(quick_result):
+    """Depth-2 net: output tiles are multiples of 4 = 2**depth, so tiling is exact."""
+    res, _ = quick_result
+    by = {r["method"]: r for r in res["runs"]}
+    assert by["whole"]["seam_error"] == 0
+    assert by["unet-deploy"]["seam_error"] <= 1e-5
+    assert by["unet-deploy"]["label_mismatch"] == 0
+    assert res["goals"]["zero_seam_error"]["met"]
+
+
+def test_check_result_rejects_bad_format(quick_result):
+    res, _ = quick_result
+    bad = json.loads(json.dumps(res))
+    del bad["limits"]
+    with pytest.raises(ValueError, match="limits"):
+        bench.check_result(bad)
+    bad = json.loads(json.dumps(res))
+    bad["runs"][0]["seconds"] = []
+    with pytest.raises(ValueError):
+        bench.check_result(bad)
+    bad = json.loads(json.dumps(res))
+    bad["schema"] = "something-else"
+    with pytest.raises(ValueError, match="schema"):
+        bench.check_result(bad)
+
+
+def test_flops_counted_from_graph(tiny_model):
+    """Graph count agrees with an independent hand count of the depth-2, base-4 U-Net."""
+    r = bench.count_flops(tiny_model, 92)
+    assert r["output_tile"] == 52 and r["conv_nodes"] == 11 and r["convtranspose_nodes"] == 2
+    macs = 0
+    s, c_in = 92, 1
+    skips = []
+    for c in (4, 8):  # contracting path: two 3x3 convs, then 2x2 pool
+        macs += (s - 2) ** 2 * c * c_in * 9 + (s - 4) ** 2 * c * c * 9
+        s, c_in = (s - 4) // 2, c
+        skips.append(c)
+    macs += (s - 2) ** 2 * 16 * 8 * 9 + (s - 4) ** 2 * 16 * 16 * 9  # bottom
+    s, c_in = s - 4, 16
+    for c in (8, 4):  # up-conv 2x2 (per input pixel: C_out * 4), then two 3x3 convs
+        macs += s * s * c_in * c * 4
+        s = 2 * s
+        macs += (s - 2) ** 2 * c * 2 * c * 9 + (s - 4) ** 2 * c * c * 9
+        s, c_in = s - 4, c
+    macs += s * s * 4 * 2  # 1x1 head
+    assert s == 52
+    assert r["gflop_per_pass"] * 1e9 == pytest.approx(2 * macs)
+    assert r["flops_per_output_px"] == pytest.approx(2 * macs / 52**2)
+
+
+def test_gemm_ceiling_positive():
+    g = bench.gemm_ceiling(64, 2)
+    assert g["gflops_best"] >= g["gflops_median"] > 0
