@@ -52,10 +52,16 @@ def read_onnx(path: str | Path) -> ModelFile:
 
 def _external_locations(path: str) -> list[str] | None:
     """The ``location`` of every tensor stored as external data, read without loading any of
-    it: with ``onnx`` (``onnx.load(..., load_external_data=False)``, the whole graph including
-    subgraphs); without ``onnx`` (a base install), by scanning the protobuf bytes for the
-    ``location`` key of ``StringStringEntryProto`` entries -- a conservative fallback that can
-    only over-report. None when the file is not a parsable ONNX protobuf (ORT reports it)."""
+    it. A key ``location`` must appear literally in the protobuf, so a file without that byte
+    string has no external data (the common case: ``onnx`` is not even imported, keeping the
+    segment path light). Otherwise: with ``onnx`` installed, an exact parse
+    (``onnx.load(..., load_external_data=False)``, subgraphs included); without it (a base
+    install), a scan for serialized ``StringStringEntryProto(key="location", value=...)``
+    entries, where any other occurrence of the word counts as an unknown location (refused:
+    the fallback only ever over-reports). None when onnx cannot parse the file (ORT reports)."""
+    data = Path(path).read_bytes()
+    if b"location" not in data:
+        return []
     try:
         import onnx
         from onnx.external_data_helper import _get_all_tensors
@@ -63,7 +69,7 @@ def _external_locations(path: str) -> list[str] | None:
         onnx = None
     if onnx is not None:
         try:
-            proto = onnx.load(path, load_external_data=False)
+            proto = onnx.load_model_from_string(data)
         except Exception:  # noqa: BLE001 - not a protobuf: let ORT give its message
             return None
         locs = []
@@ -72,7 +78,6 @@ def _external_locations(path: str) -> list[str] | None:
                 entries = {e.key: e.value for e in t.external_data}
                 locs.append(entries.get("location", ""))
         return locs
-    data = Path(path).read_bytes()
     locs, key = [], b"\x0a\x08location\x12"
     start = data.find(key)
     while start >= 0:
@@ -86,6 +91,8 @@ def _external_locations(path: str) -> list[str] | None:
             shift += 7
         locs.append(data[i : i + n].decode("utf-8", "replace"))
         start = data.find(key, i)
+    if data.count(b"location") > len(locs):
+        locs.append("")  # an entry the scan cannot read: refuse rather than guess
     return locs
 
 
@@ -98,7 +105,11 @@ def check_external_data(path: str | Path) -> None:
     for loc in _external_locations(str(path)) or []:
         target = (folder / loc).resolve() if loc else folder
         p = Path(loc)
-        if not loc or p.is_absolute() or ".." in p.parts or not target.is_relative_to(folder):
+        if not loc:
+            raise ModelError(f"{path}: external weight data with an unreadable location; "
+                             f"refused for safety, install the 'onnx' package to check it "
+                             f"exactly, or re-export the model")
+        if p.is_absolute() or ".." in p.parts or not target.is_relative_to(folder):
             raise ModelError(f"{path}: external weight data {loc!r} points outside the model's "
                              f"folder; refused for safety, keep the data file next to the model")
         if not target.is_file():

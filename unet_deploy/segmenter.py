@@ -219,9 +219,11 @@ class Segmenter:
         self._plans.clear()
 
     def warmup(self) -> None:
-        """Segment a few dummy frames (uint8, uint16, float32) so kernels are compiled."""
-        for dtype in (np.uint8, np.uint16, np.float32):
-            frame = np.zeros((self.tile, self.tile), dtype)
+        """One dummy full tile (the backend allocates for the real tile shape; the uint16
+        kernels compile), then two tiny frames so the uint8 and float32 kernels compile too
+        (Numba caches them on disk: later processes only load them)."""
+        for dtype, side in ((np.uint16, self.tile), (np.uint8, 8), (np.float32, 8)):
+            frame = np.zeros((side, side), dtype)
             frame[::7, ::5] = 1
             self._segment(frame, None, None)
 
