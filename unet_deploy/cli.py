@@ -16,7 +16,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Paper-faithful U-Net: train, export, and segment huge images seamlessly.")
 
 
-def _terminate(signum, frame):
+def _interrupt(signum, frame):
+    # Ignore further signals so a second Ctrl-C cannot cut the cleanup of the temporary file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -25,7 +28,8 @@ def cli_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        signal.signal(signal.SIGTERM, _terminate)  # cleanup runs as for Ctrl-C
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)  # cleanup runs as for Ctrl-C
         try:
             return fn(*args, **kwargs)
         except UnetDeployError as exc:
@@ -73,6 +77,8 @@ def segment(
     summary = segment_file(input, out, model, backend=backend, batch_size=batch_size, tile=tile,
                            output=output, threads=threads, overwrite=overwrite, series=series,
                            max_pixels=max_pixels, progress=not quiet, nan_policy=nan_policy)
+    if backend == "auto" and summary.reason and not quiet:
+        typer.echo(f"backend: {summary.backend} ({summary.reason})", err=True)
     typer.echo(f"{out}: {summary}")
 
 

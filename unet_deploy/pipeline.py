@@ -39,6 +39,8 @@ class Summary:
     tiles: int
     seconds: float
     planes: int = 1
+    backend: str = ""
+    reason: str = ""
 
     @property
     def mpx_per_s(self) -> float:
@@ -46,7 +48,8 @@ class Summary:
 
     def __str__(self) -> str:
         return (f"{self.pixels / 1e6:.2f} Mpx in {self.planes} plane(s), {self.tiles} tiles, "
-                f"{self.seconds:.2f} s, {self.mpx_per_s:.2f} Mpx/s")
+                f"{self.seconds:.2f} s, {self.mpx_per_s:.2f} Mpx/s"
+                + (f", backend {self.backend}" if self.backend else ""))
 
 
 class ArrayReader:
@@ -340,8 +343,9 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                 for band in _plane_bands(reader, plan, be, prep, batch_size, output,
                                          bar.update, cancel):
                     writer.write_band(band)
+        name, reason = getattr(be, "choice", (be.name, ""))
         return Summary(src.height * src.width * src.n_planes, plan.n_tiles * src.n_planes,
-                       time.perf_counter() - t0, src.n_planes)
+                       time.perf_counter() - t0, src.n_planes, name, reason)
 
 
 def segment_whole(image: np.ndarray, backend, output: str = "labels") -> np.ndarray:

@@ -11,6 +11,9 @@ from ..metadata import ModelInfo
 
 class Backend:
     name = "base"
+    # True when one instance may be called from many threads at once (ORT sessions are);
+    # otherwise the Segmenter serialises calls with a lock.
+    thread_safe = False
 
     def __init__(self):
         self.info: ModelInfo | None = None

@@ -13,6 +13,7 @@ from .base import Backend
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    thread_safe = True
 
     def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None,
                  spinning: bool = False):
