@@ -646,6 +646,14 @@ def run_benchmark(quick: bool = True, out_dir: Path | str = "benchmark-results",
     t0 = time.perf_counter()
     gemm = gemm_ceiling(1024 if quick else 2048, 3 if quick else 7)
     flops = count_flops(model, tile)
+    shipped = []
+    from .model_store import shipped_models
+
+    for name, path in shipped_models().items():  # whatever models/ holds
+        try:
+            shipped.append(count_flops(path, read_onnx(path).info.tile))
+        except Exception as exc:  # noqa: BLE001 - accounting must not sink the benchmark
+            shipped.append({"model": name, "error": str(exc)[:200]})
     peers = Peers(model, tile, batch, threads)
     rows, _ = compare_peers(peers, image, repeats, log=log)
     rows = summarize(rows, image.shape[0] * image.shape[1], flops["flops_per_output_px"],
@@ -659,6 +667,7 @@ def run_benchmark(quick: bool = True, out_dir: Path | str = "benchmark-results",
                   "depth": info.depth, "tile": tile, "batch": batch, "threads": threads},
         "image": {"desc": desc, "shape": list(image.shape)},
         "limits": {"gemm": gemm, "gemm_gflops": gemm["gflops_best"], "flops": flops,
+                   "shipped_models": shipped,
                    "flops_per_output_px": flops["flops_per_output_px"]},
         "runs": rows,
         "ratios": rat,

@@ -134,9 +134,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *,
             raise ModelError(f"tile {tile} is not a legal input size for depth {info.depth}; "
                              f"nearest legal: {geo.nearest_legal(tile)}")
         info.tile = int(tile)
-    torch.set_grad_enabled(False)
-    export_onnx(model, info, out, parity=False)
-    err = parity_error(SoftmaxUNet(model).eval(), out, info) if parity else float("nan")
+    with torch.no_grad():  # scoped: a global switch would leak into the caller's training
+        export_onnx(model, info, out, parity=False)
+        err = parity_error(SoftmaxUNet(model).eval(), out, info) if parity else float("nan")
     if parity and not err <= PARITY_TOLERANCE:
         out.unlink(missing_ok=True)
         raise ModelError(f"{out}: ONNX output differs from PyTorch by {err:.2e} "

@@ -166,6 +166,11 @@ def save_checkpoint(path: Path, model, opt, step: int, best: float, rng, cfg, in
     tmp.replace(path)
 
 
+def append_log(out: Path, entry: dict) -> None:
+    with open(out / "train_log.jsonl", "a") as log:
+        log.write(json.dumps(entry) + "\n")
+
+
 def load_checkpoint(path: Path) -> dict:
     """Checkpoints hold tensors and plain values only, so no pickle code ever runs."""
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -203,7 +208,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         step, best = ck["step"], ck["best"]
         torch.set_rng_state(ck["torch_rng"])
         rng.bit_generator.state = json.loads(ck["np_rng"])
-    log = open(out / "train_log.jsonl", "a")
     t0 = time.time()
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=cfg.name)
@@ -236,9 +240,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 torch.save({"model": model.state_dict(), "info": info.to_json(), "step": step,
                             "metrics": json.dumps(metrics)}, out / "best.pt")
             save_checkpoint(last, model, opt, step, best, rng, cfg, info)
-            log.write(json.dumps({"step": step, "loss": loss.item(), "seconds": time.time() - t0,
-                                  **metrics}) + "\n")
-            log.flush()
+            append_log(out, {"step": step, "loss": loss.item(),
+                             "seconds": time.time() - t0, **metrics})
         if timed_out:
             break
     bar.close()
