@@ -45,6 +45,14 @@ def tiny_model(model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def deep_models(model_dir) -> dict:
+    """depth 3 and depth 4 nets: their output sides are not multiples of 2**depth, the case
+    where tiles must step by a multiple of 2**depth to stay seamless."""
+    return {3: export_random_unet(model_dir / "d3.onnx", depth=3, base=2, tile=124, seed=3),
+            4: export_random_unet(model_dir / "d4.onnx", depth=4, base=2, tile=220, seed=4)}
+
+
+@pytest.fixture(scope="session")
 def tiny3_model(model_dir) -> Path:
     return export_random_unet(model_dir / "tiny3.onnx", classes=3, seed=1)
 

@@ -48,9 +48,12 @@ def coverage(plan):
        k=st.integers(0, 6))
 def test_grid_covers_image_exactly_once(h, w, depth, k):
     g = Geometry(depth)
-    tile = g.legal_sizes(1, 600)[k]
+    tile = g.legal_sizes(g.input_for_output(2**depth), 600)[k]
     plan = plan_tiles(h, w, g, tile)
     assert (coverage(plan) == 1).all()
+    # more than one tile along an axis: the step keeps the pooling grid aligned
+    for step, cells in ((plan.out_h, plan.rows), (plan.out_w, plan.cols)):
+        assert cells == 1 or step % 2**depth == 0
     assert plan.tile_h <= tile and g.is_legal(plan.tile_h) and g.is_legal(plan.tile_w)
     # a band is exactly the rows its tile row writes
     assert sum(b - a for a, b in (plan.band(r) for r in range(plan.rows))) == h
@@ -67,6 +70,17 @@ def test_small_image_gets_small_tile():
     assert plan.tile_h == 204 and plan.out_h == 20 and plan.n_tiles == 1  # 188 gives only 4
 
 
+def test_tile_too_small_to_tile_seamlessly():
+    with pytest.raises(ValueError, match="at least 204"):
+        plan_tiles(100, 100, Geometry(4), 188)  # output 4 < 16
+    assert plan_tiles(4, 4, Geometry(4), 188).n_tiles == 1  # one tile: no alignment needed
+
+
+def test_paper_tile_steps_by_multiple_of_16():
+    plan = plan_tiles(2000, 2000, Geometry(4), 572)
+    assert (plan.net_h, plan.out_h, plan.halo_y) == (388, 384, 92)
+
+
 def test_illegal_tile_is_explained():
     with pytest.raises(ValueError, match="nearest legal"):
         plan_tiles(1000, 1000, Geometry(4), 573)
@@ -74,4 +88,4 @@ def test_illegal_tile_is_explained():
 
 def test_repr_is_readable():
     r = repr(plan_tiles(20000, 20000, Geometry(4), 1052))
-    assert "1052x1052" in r and "868x868" in r and "576 tiles" in r
+    assert "1052x1052" in r and "868x868" in r and "step 864x864" in r and "576 tiles" in r

@@ -1,8 +1,12 @@
 """Tile planning (the Splitter): where the tiles of an image are.
 
-Output tiles of one size form a grid that covers the image exactly once; edge tiles reach past
-the image and are cropped when stitched. Each tile's input window is its output window grown by
-the halo on every side; where it leaves the image the gather kernel mirrors ("reflect").
+Tiles step by a multiple of 2**depth: a valid U-Net's output only shifts with its input for such
+shifts (every 2x2 pool halves the grid), so only then does each tile compute exactly what a
+whole-image pass would. Each tile owns a ``step``-sized output cell of a grid that covers the
+image exactly once; the network's output is up to 2**depth - 1 pixels larger than the cell, and
+those extra pixels (identical to the neighbour's) and everything past the image are cropped when
+stitched. Each tile's input window is its output grown by the halo on every side; where it leaves
+the image the gather kernel mirrors ("reflect").
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ class TilePlan:
     image_w: int
     tile_h: int  # input tile (what the network sees)
     tile_w: int
-    out_h: int  # output tile
+    out_h: int  # output cell each tile owns (the grid step)
     out_w: int
     halo_y: int
     halo_x: int
+    net_h: int = 0  # the network's output for one tile (>= out_h)
+    net_w: int = 0
 
     @property
     def rows(self) -> int:
@@ -54,7 +60,8 @@ class TilePlan:
 
     def __repr__(self) -> str:
         return (f"TilePlan(image={self.image_h}x{self.image_w}, tile={self.tile_h}x{self.tile_w}"
-                f" -> out {self.out_h}x{self.out_w}, halo={self.halo_y}/{self.halo_x}, "
+                f" -> out {self.net_h}x{self.net_w}, step {self.out_h}x{self.out_w}, "
+                f"halo={self.halo_y}/{self.halo_x}, "
                 f"grid={self.rows}x{self.cols} = {self.n_tiles} tiles)")
 
 
@@ -68,6 +75,18 @@ def _side(geo: Geometry, tile: int, image_side: int) -> int:
     return min(tile, geo.input_for_output(image_side))
 
 
+def _step(geo: Geometry, net_out: int, image_side: int, tile: int) -> int:
+    if net_out >= image_side:  # one tile covers the image: nothing to align
+        return net_out
+    quantum = 2**geo.depth
+    step = net_out - net_out % quantum
+    if step == 0:
+        raise ValueError(f"tile {tile} gives a {net_out}-pixel output, less than the 2**depth = "
+                         f"{quantum} needed to tile seamlessly; use a tile of at least "
+                         f"{geo.input_for_output(quantum)}")
+    return step
+
+
 def plan_tiles(image_h: int, image_w: int, geo: Geometry, tile: int | tuple[int, int],
                shrink: bool = True) -> TilePlan:
     if image_h < 1 or image_w < 1:
@@ -78,7 +97,8 @@ def plan_tiles(image_h: int, image_w: int, geo: Geometry, tile: int | tuple[int,
     elif not (geo.is_legal(th) and geo.is_legal(tw)):
         raise ValueError(f"tile {th}x{tw} is not legal for {geo}")
     oh, ow = geo.output_size(th), geo.output_size(tw)
-    return TilePlan(image_h, image_w, th, tw, oh, ow, (th - oh) // 2, (tw - ow) // 2)
+    return TilePlan(image_h, image_w, th, tw, _step(geo, oh, image_h, th),
+                    _step(geo, ow, image_w, tw), (th - oh) // 2, (tw - ow) // 2, oh, ow)
 
 
 def legal_tiles(geo: Geometry, lo: int = 1, hi: int = 2048) -> list[int]:
