@@ -206,6 +206,24 @@ def build_engine(
     typer.echo(result.summary())
 
 
+@app.command()
+@cli_errors
+def benchmark(
+    quick: bool = typer.Option(False, "--quick", help="Small run (< 2 min): format-checked."),
+    out: Path = typer.Option(Path("benchmark-results"), "--out", help="Results folder."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model [default: random]."),
+    tile: Optional[int] = typer.Option(None, "--tile"),
+    batch_size: int = typer.Option(1, "--batch-size", min=1),
+    threads: int = typer.Option(0, "--threads", min=0),
+):
+    """Compare unet-deploy with MONAI-style and naive tiling on one model and image."""
+    from .bench import run_benchmark
+
+    run_benchmark(quick=quick, out_dir=out, model=model, tile=tile, batch=batch_size,
+                  threads=threads, log=typer.echo)
+    typer.echo(f"results: {out / 'benchmark.md'}")
+
+
 @app.command("exit-codes")
 def exit_codes():
     """Print the documented exit codes."""
