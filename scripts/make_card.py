@@ -16,7 +16,6 @@ import numpy as np
 from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
 from unet_deploy.metrics import foreground_iou, instance_f1, pixel_error, rand_error
 from unet_deploy.pipeline import segment_array
-from unet_deploy.postprocess import to_instances
 from unet_deploy.train.data import read_planes, split, to_instances as label_instances
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +32,7 @@ def validation_pairs(cfg: dict):
 def validate(be, pairs, label_kind: str) -> dict:
     rows = []
     for _, img, lab in pairs:
-        labels = segment_array(img, backend=be)
-        pred = to_instances(labels, be.info)
+        pred = segment_array(img, backend=be, output="instances")
         true = label_instances(lab, label_kind)
         f1 = instance_f1(true, pred, (0.5, 0.75))
         rows.append({"instance_f1@0.5": f1[0.5], "instance_f1@0.75": f1[0.75],

@@ -45,10 +45,19 @@ def test_band_source_reads_only_needed_rows(real_crop):
 
 
 def test_instances_output(tiny3_model, real_crop):
-    inst = segment_array(real_crop, tiny3_model, output="instances")
-    labels = segment_array(real_crop, tiny3_model)
-    assert inst.shape == real_crop.shape and inst.dtype == np.uint32
-    assert ((inst > 0) == (labels > 0)).mean() > 0.9  # objects live on the foreground
+    from unet_deploy.model_store import read_onnx
+    from unet_deploy.postprocess import instance_classes, to_instances
+
+    info = read_onnx(tiny3_model).info
+    inst = segment_array(real_crop, tiny3_model, output="instances", tile=60)
+    probs = segment_array(real_crop, tiny3_model, output="probabilities")
+    classes = instance_classes(probs, info)
+    assert inst.shape == real_crop.shape and inst.dtype == np.uint32 and inst.max() > 1
+    np.testing.assert_array_equal(inst, to_instances(classes, info))
+    assert not inst[classes == 0].any()  # objects only on the foreground
+    # a seed needs interior probability >= seed_threshold
+    seeds = classes == 1
+    assert (probs[..., 1][seeds] >= info.seed_threshold).all()
 
 
 def test_default_output_path(tmp_path):

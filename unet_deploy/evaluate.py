@@ -15,7 +15,6 @@ def evaluate_model(model, images: str | Path, labels: str | Path, label_kind: st
     from .backends import open_backend
     from .metrics import foreground_iou, instance_f1, pixel_error, rand_error
     from .pipeline import segment_array
-    from .postprocess import to_instances
     from .train.data import read_planes, to_instances as label_instances  # no torch
 
     _, imgs = read_planes(Path(images))
@@ -24,7 +23,7 @@ def evaluate_model(model, images: str | Path, labels: str | Path, label_kind: st
     rows = []
     with open_backend(model, threads=threads) as be:
         for img, lab in pairs:
-            pred = to_instances(segment_array(img, backend=be), be.info)
+            pred = segment_array(img, backend=be, output="instances")
             true = label_instances(lab, label_kind)
             f1 = instance_f1(true, pred, (0.5, 0.75, 0.9))
             rows.append({"f1@0.5": f1[0.5], "f1@0.75": f1[0.75], "f1@0.9": f1[0.9],

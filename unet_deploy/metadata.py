@@ -40,7 +40,9 @@ class ModelInfo:
     tile: int = 572  # default input tile side
     normalization: Normalization = field(default_factory=Normalization)
     output: str = "probabilities"  # the graph ends in softmax over classes
-    instance_scheme: str = "none"  # "none" | "three_class" (background/interior/border)
+    instance_scheme: str = "none"  # "none" | "binary" | "three_class" (bg/interior/border)
+    seed_threshold: float = 0.5  # three_class: interior probability that makes a seed pixel
+    min_object_size: int = 10  # instances smaller than this (pixels) are dropped
     batch_norm: bool = False
     dropout: float = 0.0
     licence: str = ""

@@ -288,11 +288,12 @@ def _plane_bands(reader, plan, backend, prep, batch_size, output, on_tiles, canc
         yield from segment_plane(reader, plan, backend, prep, batch_size, output, on_tiles,
                                  cancel)
         return
-    from .postprocess import to_instances
+    from .postprocess import instance_classes, to_instances
 
-    labels = np.concatenate(list(segment_plane(reader, plan, backend, prep, batch_size,
-                                               "labels", on_tiles, cancel)))
-    inst = to_instances(labels, backend.info)
+    info = backend.info
+    labels = np.concatenate([instance_classes(band, info) for band in segment_plane(
+        reader, plan, backend, prep, batch_size, "probabilities", on_tiles, cancel)])
+    inst = to_instances(labels, info)
     for y0 in range(0, inst.shape[0], plan.out_h):
         yield inst[y0 : y0 + plan.out_h]
 

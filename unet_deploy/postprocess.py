@@ -1,4 +1,4 @@
-"""Class maps → instance labels, by the model's declared instance scheme."""
+"""Network output → instance labels, by the model's declared instance scheme."""
 
 from __future__ import annotations
 
@@ -7,9 +7,24 @@ import numpy as np
 from .metadata import ModelInfo
 
 
+def instance_classes(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """(rows, W, K) probabilities → uint8 class map ready for ``to_instances``.
+
+    For the three-class scheme a pixel is interior (a seed) only when its interior probability
+    reaches ``info.seed_threshold``; other foreground pixels count as border, so touching objects
+    whose shared border is faint still get separate seeds."""
+    labels = probs.argmax(-1).astype(np.uint8)
+    if info.instance_scheme == "three_class":
+        fg = labels > 0
+        labels[fg] = 2
+        labels[fg & (probs[..., 1] >= info.seed_threshold)] = 1
+    return labels
+
+
 def to_instances(labels: np.ndarray, info: ModelInfo) -> np.ndarray:
     from .instances import instances_from_binary, instances_from_three_class
 
     if info.instance_scheme == "three_class":
-        return instances_from_three_class(labels).astype(np.uint32)
-    return instances_from_binary(labels == info.out_channels - 1).astype(np.uint32)
+        return instances_from_three_class(labels, min_size=info.min_object_size).astype(np.uint32)
+    return instances_from_binary(labels == info.out_channels - 1,
+                                 min_size=info.min_object_size).astype(np.uint32)
