@@ -99,3 +99,25 @@ def parity_error(model, onnx_path, info: ModelInfo, seed: int = 0) -> float:
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"image": x})[0]
     return float(np.abs(got - ref).max())
+
+
+def update_metadata(path: str | Path, **changes) -> ModelInfo:
+    """Rewrite fields of the ``unet_deploy`` metadata in place (e.g. post-processing settings
+    tuned after training); the weights are untouched."""
+    import onnx
+
+    from .model_store import read_onnx
+
+    info = read_onnx(path).info
+    for key, value in changes.items():
+        if key not in ModelInfo.__dataclass_fields__:
+            raise ModelError(f"{path}: unknown metadata field {key!r}")
+        setattr(info, key, value)
+    proto = onnx.load(str(path))
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            entry.value = info.to_json()
+    tmp = Path(str(path) + ".partial")
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+    return info
