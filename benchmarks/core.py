@@ -277,7 +277,7 @@ def rss(args) -> list[dict]:
                               **common))
         print(json.dumps(rows[-1]), flush=True)
         full = size <= args.full_max
-        ud_tiles = 0 if full else args.tile_rows * -(-size // out_tile(model, args.tile))
+        ud_tiles = 0 if full else args.tile_rows * -(-size // tile_step(model, args.tile, size))
         rows.append(run_child(mode="unet-deploy", max_tiles=ud_tiles, **common))
         print(json.dumps(rows[-1]), flush=True)
         out_file.write_text(json.dumps({"rows": rows, "machine": machine_info()}, indent=1))
@@ -298,9 +298,19 @@ def _label(size) -> str:
 
 
 def out_tile(model, tile: int) -> int:
+    """The network's output side for one input tile (not the grid step, see tile_step)."""
     from unet_deploy.model_store import read_onnx
 
     return read_onnx(model).info.geometry.output_size(tile)
+
+
+def tile_step(model, tile: int, size: int) -> int:
+    """The planner's grid step on a size x size image: the output cell each tile owns (a
+    multiple of 2**depth, e.g. 576 for tile 764 of a depth-4 net whose output is 580)."""
+    from unet_deploy.model_store import read_onnx
+    from unet_deploy.planner import plan_tiles
+
+    return plan_tiles(size, size, read_onnx(model).info.geometry, tile).out_h
 
 
 # --------------------------------------------------------------------------- report
@@ -394,6 +404,9 @@ def report(args) -> None:
         "| image | method | tiles run | seconds | Mpx/s | peak RssAnon MB | peak RSS (ru_maxrss) MB |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    # output area per tile of the partial runs: the committed core_rss.json rows ran before the
+    # planner fix, when tiles stepped by the full network output; re-runs own tile_step() cells
+    # (576 for 580 at tile 764), 1.4 % less area per tile, so use tile_step for new series
     o = out_tile(bench_model(16, 4), rss_r["rows"][0]["tile"])
     rss_r["rows"].sort(key=lambda r: (not isinstance(r["size"], int),
                                       r["size"] if isinstance(r["size"], int) else 0,

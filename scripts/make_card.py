@@ -77,10 +77,57 @@ def speed(be, side: int = 2048, repeats: int = 3) -> float:
     return side * side / 1e6 / float(np.median(times))
 
 
+def rel(path: str) -> str:
+    return path.replace(str(ROOT.parent), "..")
+
+
+def card_markdown(card: dict, info, commands: list[str], notes: str) -> str:
+    m = card["metrics_validation"]
+    cfg = card["config"]
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in m.items())
+    cmds = "\n".join(commands)
+    return f"""# Model card: `{card['name']}`
+
+{info.description}
+
+| | |
+|---|---|
+| file | `models/{card['name']}.onnx` ({card['onnx_bytes'] / 1e6:.1f} MB), weights sha256 `{info.sha256[:16]}…` |
+| architecture | paper U-Net, depth {info.depth}, base {info.base}, valid 3x3 convolutions, dropout {cfg['dropout']} at the end of the contracting path, softmax output |
+| input | 1 channel; per-image percentile normalization ({info.normalization.low}–{info.normalization.high} %), stored in the model |
+| default tile | {info.tile} → output {info.geometry.output_size(info.tile)} (halo {info.geometry.halo(info.tile)}) |
+| output classes | {', '.join(f'{i} = {c}' for i, c in enumerate(info.classes))} |
+| instances | scheme `{info.instance_scheme}`, seed threshold {info.seed_threshold}, min object size {info.min_object_size} px (tuned on training images) |
+| data | `{rel(cfg['images'])}` + `{rel(cfg['labels'])}` |
+| licence | {info.licence} |
+| training | {card['steps_run']} steps ({card['train_minutes']} min) on {card['machine']}; best checkpoint at step {card['best_step']}; optimizer {cfg['optimizer']}, batch {cfg['batch_size']}, tile {cfg['tile']}, w0 {cfg['w0']}, sigma {cfg['sigma']} |
+| validation split | {'last' if cfg['val_last'] else 'seeded random'} {cfg['val_fraction']:.0%} of the images (seed {cfg['seed']}), never trained on |
+| speed here | {card['speed_mpx_s_2048']:.2f} Mpx/s on a 2048x2048 image, ONNX Runtime CPU, 2 cores (shared machine) |
+
+## Validation metrics (through the deployment path: `segment_array(..., output="instances")`)
+
+| metric | value |
+|---|---:|
+{rows}
+
+{notes}
+
+## Reproduce
+
+```bash
+{cmds}
+```
+"""
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("name")
     ap.add_argument("run", type=Path)
+    ap.add_argument("--command", action="append", default=[], help="reproduce step (repeat)")
+    ap.add_argument("--notes", default="")
+    ap.add_argument("--train-minutes", type=float, default=None,
+                    help="total training time when the run was resumed")
     args = ap.parse_args()
     result = json.loads((args.run / "result.json").read_text())
     import torch
@@ -96,16 +143,20 @@ def main():
     with OnnxRuntimeBackend(target) as be:
         metrics = validate(be, val_pairs, cfg["label_kind"])
         mpx = speed(be)
-        info = be.info
+    from unet_deploy.model_store import read_onnx
+
+    info = read_onnx(target).info
     card = {
         "name": args.name, "metrics_validation": metrics, "postprocessing": tuning, "train_metrics_at_best": result["metrics"],
         "best_step": result["step"], "steps_run": ck["step"],
-        "train_minutes": round(log[-1]["seconds"] / 60, 1),
+        "train_minutes": args.train_minutes or round(log[-1]["seconds"] / 60, 1),
         "machine": f"{platform.processor() or platform.machine()}, 2 cores, 1 torch thread",
         "speed_mpx_s_2048": mpx, "onnx_bytes": target.stat().st_size, "config": cfg,
         "sha256": info.sha256,
     }
     (ROOT / "models" / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    (ROOT / "models" / f"{args.name}.md").write_text(
+        card_markdown(card, info, args.command, args.notes))
     print(json.dumps(card, indent=2, default=str))
 
 

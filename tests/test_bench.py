@@ -38,8 +38,33 @@ def test_quick_benchmark_seams(quick_result):
     by = {r["method"]: r for r in res["runs"]}
     assert by["whole"]["seam_error"] == 0
     assert by["unet-deploy"]["seam_error"] <= 1e-5
+    assert by["naive"]["seam_error"] <= 1e-5
     assert by["unet-deploy"]["label_mismatch"] == 0
     assert res["goals"]["zero_seam_error"]["met"]
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_naive_baseline_seamless_on_deep_nets(deep_models, depth):
+    """The naive loop steps by ``plan.out_h`` (a multiple of 2**depth, smaller than the
+    network output for these nets) and crops each tile's output to that step: it must equal
+    the whole-image pass, as the pipeline does."""
+    from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
+    from unet_deploy.model_store import read_onnx
+    from unet_deploy.pipeline import segment_whole
+    from unet_deploy.planner import plan_tiles
+
+    model = deep_models[depth]
+    geo = read_onnx(model).info.geometry
+    tile = geo.legal_sizes(geo.input_for_output(2**depth), 400)[1]
+    image = (np.random.default_rng(depth).random((203, 171)) * 1000).astype(np.uint16)
+    plan = plan_tiles(*image.shape, geo, tile)
+    assert plan.out_h < plan.net_h and plan.n_tiles > 4  # the case the planner fix is about
+    with OnnxRuntimeBackend(model, threads=1) as be:
+        whole = segment_whole(image, be, "probabilities")
+        res = bench.naive_segment(image, model, tile, output="probabilities",
+                                  session=be.session)
+    assert res["complete"] and res["tiles_run"] == plan.n_tiles
+    assert np.abs(res["result"] - whole).max() <= 1e-5
 
 
 def test_check_result_rejects_bad_format(quick_result):
