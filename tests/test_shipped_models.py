@@ -38,7 +38,8 @@ def test_models_command_lists_cards():
 
 
 def test_nuclei_on_the_example_crop():
-    """README main job, checked against the crop's expert instance mask."""
+    """README main job, checked against the crop's expert instance mask (the crop comes from
+    a training image: a sanity check of the shipped file, not a validation figure)."""
     image = tifffile.imread(ROOT / "examples" / "bbbc039_crop.tif")
     truth = tifffile.imread(Path(__file__).parent / "data" / "bbbc039_crop_mask.tif")
     pred = segment_array(image, output="instances")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..metadata import ModelInfo, Normalization
 from .augment import random_augment
 from .data import Sample, load_pairs, split
@@ -176,7 +177,43 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def sample_batch(prepared: list[Prepared], cfg: TrainConfig, out_size: int, rng):
+    """A batch of augmented (image, target, weights) tiles as tensors."""
+    xs, ys, ws = [], [], []
+    for _ in range(cfg.batch_size):
+        p = prepared[rng.integers(len(prepared))]
+        img, tgt, wts = random_augment(*random_patch(p, cfg.tile, out_size, rng), rng,
+                                       label_shape=(out_size, out_size))
+        xs.append(img)
+        ys.append(tgt)
+        ws.append(wts)
+    return (torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)),
+            torch.from_numpy(np.stack(ys).astype(np.int64)),
+            torch.from_numpy(np.stack(ws).astype(np.float32)))
+
+
+def resume(last: Path, model, opt, cfg: TrainConfig, rng) -> tuple[int, float]:
+    """Restore model, optimizer and RNG states; returns (step, best score)."""
+    ck = load_checkpoint(last)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    for group in opt.param_groups:  # the given lr wins, so a resumed run can decay it
+        group["lr"] = cfg.lr
+    torch.set_rng_state(ck["torch_rng"])
+    rng.bit_generator.state = json.loads(ck["np_rng"])
+    return ck["step"], ck["best"]
+
+
+def output_side(cfg: TrainConfig, info: ModelInfo) -> int:
+    out_size = info.geometry.output_size(cfg.tile)
+    if out_size is None:
+        raise InputError(f"--tile {cfg.tile} is not a legal input size for depth {cfg.depth}; "
+                         f"try {info.geometry.nearest_legal(cfg.tile)}")
+    return out_size
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train (or resume) a run in ``cfg.out``; exports the best checkpoint to ONNX at the end."""
     from tqdm import tqdm
 
     out = Path(cfg.out)
@@ -186,44 +223,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     info = model_info(cfg)
-    geo = info.geometry
-    out_size = geo.output_size(cfg.tile)
-    if out_size is None:
-        raise ValueError(f"tile {cfg.tile} is not legal for depth {cfg.depth}; "
-                         f"try {geo.nearest_legal(cfg.tile)}")
-    halo = (cfg.tile - out_size) // 2
+    out_size = output_side(cfg, info)
     samples = load_pairs(cfg.images, cfg.labels, cfg.norm, cfg.label_kind)
     train_set, val_set = split(samples, cfg.val_fraction, cfg.seed, cfg.val_last)
-    prepared = [prepare(s, cfg, halo, out_size) for s in train_set]
+    prepared = [prepare(s, cfg, (cfg.tile - out_size) // 2, out_size) for s in train_set]
     model = build_unet(info)
     opt = make_optimizer(model, cfg)
-    step, best = 0, -np.inf
     last = out / "last.pt"
-    if cfg.resume and last.exists():
-        ck = load_checkpoint(last)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        for group in opt.param_groups:  # the given lr wins, so a resumed run can decay it
-            group["lr"] = cfg.lr
-        step, best = ck["step"], ck["best"]
-        torch.set_rng_state(ck["torch_rng"])
-        rng.bit_generator.state = json.loads(ck["np_rng"])
+    step, best = resume(last, model, opt, cfg, rng) if cfg.resume and last.exists() else (0, -np.inf)
     t0 = time.time()
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=cfg.name)
     metrics: dict = {}
     while step < cfg.steps:
-        xs, ys, ws = [], [], []
-        for _ in range(cfg.batch_size):
-            p = prepared[rng.integers(len(prepared))]
-            img, tgt, wts = random_augment(*random_patch(p, cfg.tile, out_size, rng), rng,
-                                           label_shape=(out_size, out_size))
-            xs.append(img)
-            ys.append(tgt)
-            ws.append(wts)
-        x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))
-        y = torch.from_numpy(np.stack(ys).astype(np.int64))
-        w = torch.from_numpy(np.stack(ws).astype(np.float32))
+        x, y, w = sample_batch(prepared, cfg, out_size, rng)
         loss = (F.cross_entropy(model(x), y, reduction="none") * w).mean()
         opt.zero_grad()
         loss.backward()
@@ -234,9 +247,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         timed_out = cfg.max_minutes and (time.time() - t0) > cfg.max_minutes * 60
         if step % cfg.val_every == 0 or step == cfg.steps or timed_out:
             metrics = evaluate(model, val_set, info, cfg.scheme)
-            score = score_of(metrics, cfg.scheme)
-            if score > best:
-                best = score
+            if score_of(metrics, cfg.scheme) > best:
+                best = score_of(metrics, cfg.scheme)
                 torch.save({"model": model.state_dict(), "info": info.to_json(), "step": step,
                             "metrics": json.dumps(metrics)}, out / "best.pt")
             save_checkpoint(last, model, opt, step, best, rng, cfg, info)
