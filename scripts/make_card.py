@@ -29,8 +29,8 @@ def split_pairs(cfg: dict):
 
 
 def tune_postprocessing(path: Path, train_pairs, label_kind: str, n: int = 20) -> dict:
-    """Pick seed threshold and minimum object size on TRAINING images (validation stays
-    untouched), by mean instance F1 at IoU 0.5."""
+    """Pick, on TRAINING images (validation stays untouched): the foreground threshold by mean
+    foreground IoU, then seed threshold and minimum object size by mean instance F1 at IoU 0.5."""
     from unet_deploy.export import update_metadata
     from unet_deploy.postprocess import instance_classes, to_instances
 
@@ -39,6 +39,11 @@ def tune_postprocessing(path: Path, train_pairs, label_kind: str, n: int = 20) -
         probs = [segment_array(img, backend=be, output="probabilities")
                  for _, img, _ in train_pairs[:n]]
     trues = [label_instances(lab, label_kind) for _, _, lab in train_pairs[:n]]
+    fg_scores = {}
+    for fg in (0.3, 0.4, 0.5, 0.6):
+        fg_scores[fg] = float(np.mean([foreground_iou(true > 0, p[..., 0] < fg)
+                                       for p, true in zip(probs, trues)]))
+    info.foreground_threshold = max(fg_scores, key=fg_scores.get)
     scores = {}
     thresholds = (0.5, 0.6, 0.7, 0.8) if info.instance_scheme == "three_class" else (0.5,)
     for t in thresholds:
@@ -48,8 +53,11 @@ def tune_postprocessing(path: Path, train_pairs, label_kind: str, n: int = 20) -
                   for p, true in zip(probs, trues)]
             scores[(t, size)] = float(np.mean(f1))
     (t, size), best = max(scores.items(), key=lambda kv: kv[1])
-    update_metadata(path, seed_threshold=t, min_object_size=size)
-    return {"seed_threshold": t, "min_object_size": size, "train_f1@0.5": best,
+    update_metadata(path, seed_threshold=t, min_object_size=size,
+                    foreground_threshold=info.foreground_threshold)
+    return {"foreground_threshold": info.foreground_threshold,
+            "train_fg_iou": fg_scores[info.foreground_threshold],
+            "seed_threshold": t, "min_object_size": size, "train_f1@0.5": best,
             "grid": {f"{k[0]}/{k[1]}": v for k, v in scores.items()}}
 
 
@@ -97,7 +105,7 @@ def card_markdown(card: dict, info, commands: list[str], notes: str) -> str:
 | input | 1 channel; per-image percentile normalization ({info.normalization.low}–{info.normalization.high} %), stored in the model |
 | default tile | {info.tile} → output {info.geometry.output_size(info.tile)} (halo {info.geometry.halo(info.tile)}) |
 | output classes | {', '.join(f'{i} = {c}' for i, c in enumerate(info.classes))} |
-| instances | scheme `{info.instance_scheme}`, seed threshold {info.seed_threshold}, min object size {info.min_object_size} px (tuned on training images) |
+| instances | scheme `{info.instance_scheme}`, foreground where P(background) < {info.foreground_threshold}, seed threshold {info.seed_threshold}, min object size {info.min_object_size} px (all tuned on training images) |
 | data | `{rel(cfg['images'])}` + `{rel(cfg['labels'])}` |
 | licence | {info.licence} |
 | training | {card['steps_run']} steps ({card['train_minutes']} min) on {card['machine']}; best checkpoint at step {card['best_step']}; optimizer {cfg['optimizer']}, batch {cfg['batch_size']}, tile {cfg['tile']}, w0 {cfg['w0']}, sigma {cfg['sigma']} |

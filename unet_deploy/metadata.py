@@ -43,6 +43,8 @@ class ModelInfo:
     instance_scheme: str = "none"  # "none" | "binary" | "three_class" (bg/interior/border)
     seed_threshold: float = 0.5  # three_class: interior probability that makes a seed pixel
     min_object_size: int = 10  # instances smaller than this (pixels) are dropped
+    # instances: a pixel is foreground when P(class 0) < this; None = argmax
+    foreground_threshold: float | None = None
     batch_norm: bool = False
     dropout: float = 0.0
     licence: str = ""

@@ -10,10 +10,15 @@ from .metadata import ModelInfo
 def instance_classes(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
     """(rows, W, K) probabilities → uint8 class map ready for ``to_instances``.
 
-    For the three-class scheme a pixel is interior (a seed) only when its interior probability
+    With ``info.foreground_threshold`` set, a pixel is foreground when its background probability
+    is below it (else the argmax decides). For the three-class scheme a pixel is interior (a seed) only when its interior probability
     reaches ``info.seed_threshold``; other foreground pixels count as border, so touching objects
     whose shared border is faint still get separate seeds."""
     labels = probs.argmax(-1).astype(np.uint8)
+    if info.foreground_threshold is not None:
+        # Background where P(background) >= threshold; elsewhere the best non-background class.
+        labels = np.where(probs[..., 0] < info.foreground_threshold,
+                          1 + probs[..., 1:].argmax(-1), 0).astype(np.uint8)
     if info.instance_scheme == "three_class":
         fg = labels > 0
         labels[fg] = 2
