@@ -62,6 +62,13 @@ class Geometry:
                 return n
             n += 1
 
+    def whole_image_padding(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """np.pad widths that grow an h x w image to the smallest legal input whose output
+        covers it, with the output aligned to the image's top-left pixel."""
+        ny, nx = self.input_for_output(h), self.input_for_output(w)
+        hy, hx = self.halo(ny), self.halo(nx)
+        return (hy, ny - h - hy), (hx, nx - w - hx)
+
     def nearest_legal(self, n: int) -> int:
         """Largest legal input side <= n (or the smallest legal side if none is)."""
         for m in range(n, 0, -1):

@@ -354,13 +354,10 @@ def segment_whole(image: np.ndarray, backend, output: str = "labels") -> np.ndar
     np.pad to a legal size. Memory grows with the image; for tests and benchmarks."""
     reader = ArrayReader(np.asarray(image))
     info = backend.info
-    geo = info.geometry
     h, w = reader.height, reader.width
-    ny, nx = geo.input_for_output(h), geo.input_for_output(w)
-    hy, hx = geo.halo(ny), geo.halo(nx)
     prep = preprocess_for(reader, info)
     x = np.einsum("hws,cs->chw", reader.array.astype(np.float32), prep.mix)
     x = (x - prep.offset[:, None, None]) * prep.scale[:, None, None]
-    x = np.pad(x, ((0, 0), (hy, ny - h - hy), (hx, nx - w - hx)), mode="reflect")
+    x = np.pad(x, ((0, 0),) + info.geometry.whole_image_padding(h, w), mode="reflect")
     probs = backend.infer(np.ascontiguousarray(x[None], dtype=np.float32))[0, :, :h, :w]
     return probs.argmax(0).astype(np.uint8) if output == "labels" else probs.transpose(1, 2, 0)

@@ -101,12 +101,8 @@ def center(a: np.ndarray, n: int) -> np.ndarray:
 
 def predict_probs(model: torch.nn.Module, image: np.ndarray, info: ModelInfo) -> np.ndarray:
     """Whole-image softmax (K, H, W): mirror-pad to a legal size, one forward pass, crop."""
-    geo = info.geometry
     h, w = image.shape
-    ny, nx = geo.input_for_output(h), geo.input_for_output(w)
-    halo_y, halo_x = (ny - geo.output_size(ny)) // 2, (nx - geo.output_size(nx)) // 2
-    padded = np.pad(image, ((halo_y, ny - h - halo_y), (halo_x, nx - w - halo_x)),
-                    mode="reflect")
+    padded = np.pad(image, info.geometry.whole_image_padding(h, w), mode="reflect")
     with torch.no_grad():
         logits = model(torch.from_numpy(np.ascontiguousarray(padded))[None, None])
     return torch.softmax(logits, 1)[0, :, :h, :w].numpy()
