@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
-from unet_deploy.metrics import foreground_iou, instance_f1, pixel_error, rand_error
+from unet_deploy.evaluate import score_pairs
+from unet_deploy.metrics import foreground_iou, instance_f1
 from unet_deploy.pipeline import segment_array
 from unet_deploy.train.data import read_planes, split, to_instances as label_instances
 
@@ -61,17 +62,13 @@ def tune_postprocessing(path: Path, train_pairs, label_kind: str, n: int = 20) -
             "grid": {f"{k[0]}/{k[1]}": v for k, v in scores.items()}}
 
 
+CARD_KEYS = {"f1@0.5": "instance_f1@0.5", "f1@0.75": "instance_f1@0.75",
+             "fg_iou": "foreground_iou", "rand_error": "rand_error", "pixel_error": "pixel_error"}
+
+
 def validate(be, pairs, label_kind: str) -> dict:
-    rows = []
-    for _, img, lab in pairs:
-        pred = segment_array(img, backend=be, output="instances")
-        true = label_instances(lab, label_kind)
-        f1 = instance_f1(true, pred, (0.5, 0.75))
-        rows.append({"instance_f1@0.5": f1[0.5], "instance_f1@0.75": f1[0.75],
-                     "foreground_iou": foreground_iou(true > 0, pred > 0),
-                     "rand_error": rand_error(true, pred),
-                     "pixel_error": pixel_error(true > 0, pred > 0)})
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    scores = score_pairs(be, [(img, lab) for _, img, lab in pairs], label_kind)
+    return {card: scores[key] for key, card in CARD_KEYS.items()}
 
 
 def speed(be, side: int = 2048, repeats: int = 3) -> float:

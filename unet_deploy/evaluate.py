@@ -7,29 +7,35 @@ from pathlib import Path
 import numpy as np
 
 
-def evaluate_model(model, images: str | Path, labels: str | Path, label_kind: str = "auto",
-                   threads: int = 0, limit: int | None = None) -> dict:
-    """Mean instance F1 (IoU 0.5/0.75/0.9), foreground IoU, pixel error and Rand error.
-
-    Images are fed raw (the model normalizes them itself, as in deployment)."""
-    from .backends import open_backend
+def score_pairs(backend, pairs, label_kind: str = "auto") -> dict:
+    """Mean instance F1 (IoU 0.5/0.75/0.9), foreground IoU, pixel error and Rand error over
+    (raw image, label image) pairs, segmented through the deployment path."""
     from .metrics import foreground_iou, instance_f1, pixel_error, rand_error
     from .pipeline import segment_array
-    from .train.data import read_planes, to_instances as label_instances  # no torch
+    from .train.data import to_instances as label_instances  # no torch
 
-    _, imgs = read_planes(Path(images))
-    _, labs = read_planes(Path(labels))
-    pairs = list(zip(imgs, labs))[:limit]
     rows = []
-    with open_backend(model, threads=threads) as be:
-        for img, lab in pairs:
-            pred = segment_array(img, backend=be, output="instances")
-            true = label_instances(lab, label_kind)
-            f1 = instance_f1(true, pred, (0.5, 0.75, 0.9))
-            rows.append({"f1@0.5": f1[0.5], "f1@0.75": f1[0.75], "f1@0.9": f1[0.9],
-                         "fg_iou": foreground_iou(true > 0, pred > 0),
-                         "pixel_error": pixel_error(true > 0, pred > 0),
-                         "rand_error": rand_error(true, pred)})
+    for img, lab in pairs:
+        pred = segment_array(img, backend=backend, output="instances")
+        true = label_instances(lab, label_kind)
+        f1 = instance_f1(true, pred, (0.5, 0.75, 0.9))
+        rows.append({"f1@0.5": f1[0.5], "f1@0.75": f1[0.75], "f1@0.9": f1[0.9],
+                     "fg_iou": foreground_iou(true > 0, pred > 0),
+                     "pixel_error": pixel_error(true > 0, pred > 0),
+                     "rand_error": rand_error(true, pred)})
     keys = rows[0].keys() if rows else []
     return {"images": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in keys}}
 
+
+def evaluate_model(model, images: str | Path, labels: str | Path, label_kind: str = "auto",
+                   threads: int = 0, limit: int | None = None) -> dict:
+    """``score_pairs`` over a folder or stack of images and one of labels.
+
+    Images are fed raw (the model normalizes them itself, as in deployment)."""
+    from .backends import open_backend
+    from .train.data import read_planes
+
+    _, imgs = read_planes(Path(images))
+    _, labs = read_planes(Path(labels))
+    with open_backend(model, threads=threads) as be:
+        return score_pairs(be, list(zip(imgs, labs))[:limit], label_kind)
