@@ -308,7 +308,7 @@ def tile_step(model, tile: int, size: int) -> int:
     """The planner's grid step on a size x size image: the output cell each tile owns (a
     multiple of 2**depth, e.g. 576 for tile 764 of a depth-4 net whose output is 580)."""
     from unet_deploy.model_store import read_onnx
-    from unet_deploy.planner import plan_tiles
+    from unet_deploy.tiling import plan_tiles
 
     return plan_tiles(size, size, read_onnx(model).info.geometry, tile).out_h
 

@@ -8,18 +8,12 @@ deliberately NOT ``parallel=True``: ONNX Runtime owns the cores, and
 * :mod:`.mirror` -- "reflect" coordinate mapping (U-Net mirroring).
 * :mod:`.gather` -- mirrored tile extraction fused with dtype conversion,
   channel mixing and normalisation.
-* :mod:`.stitch` -- writing tiles back (labels, probabilities, Gaussian
-  blending).
+* :mod:`.stitch` -- writing tiles back (labels, probabilities).
 """
 
 from .gather import gather_tiles, gather_tiles_numpy
 from .mirror import mirror_index, mirror_indices
 from .stitch import (
-    blend_add,
-    blend_add_numpy,
-    blend_finalize,
-    blend_finalize_numpy,
-    blend_weights,
     stitch_labels,
     stitch_labels_numpy,
     stitch_probabilities,
@@ -35,9 +29,4 @@ __all__ = [
     "stitch_labels_numpy",
     "stitch_probabilities",
     "stitch_probabilities_numpy",
-    "blend_weights",
-    "blend_add",
-    "blend_add_numpy",
-    "blend_finalize",
-    "blend_finalize_numpy",
 ]

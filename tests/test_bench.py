@@ -51,7 +51,7 @@ def test_naive_baseline_seamless_on_deep_nets(deep_models, depth):
     from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
     from unet_deploy.model_store import read_onnx
     from unet_deploy.pipeline import segment_whole
-    from unet_deploy.planner import plan_tiles
+    from unet_deploy.tiling import plan_tiles
 
     model = deep_models[depth]
     geo = read_onnx(model).info.geometry
@@ -118,7 +118,7 @@ def test_release_mapped_rows_keeps_data_and_drops_pages(tmp_path):
 
     import tifffile
 
-    from unet_deploy.pipeline import release_mapped_rows
+    from unet_deploy.readers import release_mapped_rows
 
     if not sys.platform.startswith("linux"):
         pytest.skip("madvise accounting is Linux-specific")

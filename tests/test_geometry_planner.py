@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unet_deploy.geometry import Geometry
-from unet_deploy.planner import plan_tiles
+from unet_deploy.tiling import plan_tiles
 
 
 def test_paper_sizes():

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_deploy.pipeline import (ArrayReader, RowSource, default_output_path, segment_array,
-                                  segment_file)
-from unet_deploy.planner import plan_tiles
+from unet_deploy.pipeline import default_output_path, segment_array, segment_file
+from unet_deploy.readers import ArrayReader
+from unet_deploy.tiling import RowSource, plan_tiles
 
 
 @pytest.mark.parametrize("layout", [

@@ -194,7 +194,8 @@ def machine_info() -> dict:
 
 # --------------------------------------------------------------------------- baselines
 def _prep(image: np.ndarray, info):
-    from .pipeline import ArrayReader, preprocess_for
+    from .normalize import preprocess_for
+    from .readers import ArrayReader
 
     return preprocess_for(ArrayReader(image), info)
 
@@ -214,7 +215,7 @@ def naive_segment(image: np.ndarray, model, tile: int, threads: int = 0,
     then run one tile at a time and write each tile's argmax (or probabilities) into a
     full-size result. Stops after ``max_tiles`` tiles when given (for memory measurements)."""
     from .model_store import read_onnx
-    from .planner import plan_tiles
+    from .tiling import plan_tiles
 
     info = read_onnx(model).info
     sess = session or bare_session(model, threads)
@@ -254,8 +255,8 @@ def naive_segment(image: np.ndarray, model, tile: int, threads: int = 0,
 def pregather(image: np.ndarray, info, tile: int, batch: int) -> tuple[list, int]:
     """All input batches of the pipeline's plan, gathered up front (for the bare-ORT run):
     the same count and shapes ``segment_plane`` feeds the backend."""
-    from .pipeline import ArrayReader, RowSource, gather_batch
-    from .planner import plan_tiles
+    from .readers import ArrayReader
+    from .tiling import RowSource, gather_batch, plan_tiles
 
     reader = ArrayReader(image)
     plan = plan_tiles(reader.height, reader.width, info.geometry, tile)
@@ -269,56 +270,24 @@ def pregather(image: np.ndarray, info, tile: int, batch: int) -> tuple[list, int
     return out, len(out)
 
 
-class _TimedBackend:
-    def __init__(self, be):
-        self.be, self.info, self.seconds = be, be.info, 0.0
-
-    def activate(self):
-        return self
-
-    def infer(self, batch):
-        t = time.perf_counter()
-        y = self.be.infer(batch)
-        self.seconds += time.perf_counter() - t
-        return y
-
-
 def stage_profile(image: np.ndarray, backend, tile: int, batch: int, repeats: int = 1,
                   output: str = "labels") -> dict:
-    """Per-stage seconds of ``segment_array``: gather (background-thread time), infer, stitch
-    (merger.add, incl. argmax), other = wall - infer - stitch (planning, normalisation
-    sampling, waiting for gather, Python). Medians over ``repeats`` runs."""
-    from . import merger, pipeline
+    """Per-stage seconds of ``segment_array`` (read from ``pipeline.StageTimes``): gather
+    (background-thread time), infer, stitch (merger.add, incl. argmax), other = wall - infer -
+    stitch (planning, normalisation sampling, waiting for gather, Python). Medians over
+    ``repeats`` runs."""
+    from .pipeline import StageTimes, segment_array
 
     runs = []
-    orig_gather, orig_add = pipeline.gather_batch, merger.BandMerger.add
-    acc = {"gather": 0.0, "stitch": 0.0}
-
-    def timed_gather(*a, **k):
+    for _ in range(repeats):
+        times = StageTimes()
         t = time.perf_counter()
-        r = orig_gather(*a, **k)
-        acc["gather"] += time.perf_counter() - t
-        return r
-
-    def timed_add(self, *a, **k):
-        t = time.perf_counter()
-        r = orig_add(self, *a, **k)
-        acc["stitch"] += time.perf_counter() - t
-        return r
-
-    pipeline.gather_batch, merger.BandMerger.add = timed_gather, timed_add
-    try:
-        for _ in range(repeats):
-            acc.update(gather=0.0, stitch=0.0)
-            tb = _TimedBackend(backend)
-            t = time.perf_counter()
-            pipeline.segment_array(image, backend=tb, batch_size=batch, tile=tile, output=output)
-            wall = time.perf_counter() - t
-            runs.append({"wall_s": wall, "gather_s": acc["gather"], "infer_s": tb.seconds,
-                         "stitch_s": acc["stitch"],
-                         "other_s": max(0.0, wall - tb.seconds - acc["stitch"])})
-    finally:
-        pipeline.gather_batch, merger.BandMerger.add = orig_gather, orig_add
+        segment_array(image, backend=backend, batch_size=batch, tile=tile, output=output,
+                      times=times)
+        wall = time.perf_counter() - t
+        runs.append({"wall_s": wall, "gather_s": times.gather, "infer_s": times.infer,
+                     "stitch_s": times.stitch,
+                     "other_s": max(0.0, wall - times.infer - times.stitch)})
     med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
     for k in ("gather", "infer", "stitch", "other"):
         med[k + "_share"] = med[k + "_s"] / med["wall_s"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .planner import TilePlan
+from .tiling import TilePlan
 
 
 class BandMerger:

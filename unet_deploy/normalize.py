@@ -1,12 +1,30 @@
-"""Intensity normalization shared by training and inference, so both see the same numbers."""
+"""All input preprocessing: channel mixing, intensity normalization (shared by training and
+inference, so both see the same numbers), sampling a plane for its statistics, and counting
+non-finite pixels. ``preprocess_for`` turns a ``readers.Reader`` into the ``Preprocess`` the
+gather kernel applies while cutting tiles."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .metadata import Normalization
+from .errors import InputError
+from .metadata import ModelInfo, Normalization
+from .readers import Reader, release_mapped_rows
 
 MAX_SAMPLE = 4_000_000  # pixels; percentiles of a strided sample are stable and cheap
+LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)
+SAMPLE_BAND = 1024  # rows read at a time when sampling a compressed image
+
+
+@dataclass
+class Preprocess:
+    """Per-plane input mapping fused into the gather kernel: channel mix, offset, scale."""
+
+    mix: np.ndarray  # float32 (C_model, C_src)
+    offset: np.ndarray  # float32 (C_model,)
+    scale: np.ndarray  # float32 (C_model,)
 
 
 def sample_rows(height: int, width: int) -> tuple[int, int]:
@@ -33,3 +51,70 @@ def image_offset_scale(image: np.ndarray, norm: Normalization) -> tuple[float, f
     """offset/scale of a whole (H, W[, C]) array, from the same strided sample inference uses."""
     sy, sx = sample_rows(image.shape[0], image.shape[1])
     return offset_scale(np.asarray(image[::sy, ::sx]), norm)
+
+
+def channel_mix(c_src: int, c_model: int, where: str = "image") -> np.ndarray:
+    if c_src == c_model:
+        return np.eye(c_model, dtype=np.float32)
+    if c_model == 1 and c_src in (3, 4):  # RGB(A) -> luminance; alpha ignored
+        return np.pad(LUMA, ((0, 0), (0, c_src - 3)))
+    if c_src == 1:
+        return np.ones((c_model, 1), np.float32)
+    raise InputError(f"{where}: has {c_src} channels but the model takes {c_model}; "
+                     f"convert the image to {c_model} channel(s)")
+
+
+def _bands(reader: Reader, step: int):
+    """(y0, y1, rows) bands of the plane, ``step`` rows each; mapped pages are released after
+    each band, so a full scan never fills RSS with the plane."""
+    array = getattr(reader, "array", None)
+    for y0 in range(0, reader.height, step):
+        y1 = min(reader.height, y0 + step)
+        yield y0, y1, (array[y0:y1] if array is not None else reader.read_rows(y0, y1))
+        if array is not None:
+            release_mapped_rows(array, y0, y1)
+
+
+def plane_sample(reader: Reader) -> np.ndarray:
+    """A strided sample (h, w, C) of the plane, read band by band unless in memory."""
+    sy, sx = sample_rows(reader.height, reader.width)
+    array = getattr(reader, "array", None)
+    if array is not None and not isinstance(array, np.memmap):
+        return np.asarray(array[::sy, ::sx])
+    # Sampling a memmap faults in most of its pages (readahead): copy the sample band by band
+    # and drop each band's pages from RSS right away.
+    return np.concatenate([np.array(band[::sy, ::sx])
+                           for _, _, band in _bands(reader, SAMPLE_BAND * sy)])
+
+
+def count_nonfinite(reader: Reader) -> int:
+    """NaN/Inf pixels of a float plane (float64 values beyond the float32 range count as
+    Inf: the network computes in float32), counted band by band (memory bounded)."""
+    if np.dtype(reader.dtype).kind != "f":
+        return 0
+    n = 0
+    for _, _, band in _bands(reader, SAMPLE_BAND):
+        n += int(band.size - np.count_nonzero(np.isfinite(band)))
+        if band.dtype.itemsize > 4:  # finite in float64 but inf once cast to float32
+            n += int(np.count_nonzero(np.abs(band) > np.finfo(np.float32).max))
+    return n
+
+
+def preprocess_for(reader: Reader, info: ModelInfo, where: str = "image",
+                   nan_policy: str | None = None) -> Preprocess:
+    """Channel mix and normalization for one plane. NaN/Inf pixels: with the "error" policy
+    (default) the plane is refused, naming the count; with "zero" the reader already returns
+    them as 0 (``open_image(..., nan_policy="zero")``, or the caller cleaned the array)."""
+    policy = nan_policy or getattr(reader, "nan_policy", "error")
+    if policy == "error":
+        bad = count_nonfinite(reader)
+        if bad:
+            raise InputError(f"{where}: {bad} NaN/Inf pixel(s) in a float image; clean the image "
+                             f"or pass --nan-policy zero (treats them as 0)")
+    mix = channel_mix(reader.channels, info.in_channels, where)
+    sample = plane_sample(reader).astype(np.float32)
+    mixed = np.einsum("hws,cs->chw", sample, mix)
+    pairs = [offset_scale(mixed[c], info.normalization) for c in range(info.in_channels)]
+    offset = np.array([p[0] for p in pairs], np.float32)
+    scale = np.array([p[1] for p in pairs], np.float32)
+    return Preprocess(mix, offset, scale)

@@ -1,12 +1,13 @@
-"""Overlap-tile segmentation: image → plan → tiles → batches → backend → stitch → output.
+"""The data flow, and only the flow: image → plan → tiles → batches → backend → stitch → output.
 
-``segment_plane`` is the whole data flow for one 2-D plane; ``segment_array`` and
-``segment_file`` wrap it for in-memory arrays and (huge) TIFF files.
+``segment_plane`` is the whole flow for one 2-D plane; ``plane_bands`` adds the output kinds
+(instances need the whole plane) and is the one entry that ``segment_array``, ``segment_file``
+and ``Segmenter`` call. Planning and tile extraction live in ``tiling``, preprocessing in
+``normalize``, sources in ``readers``/``io``, stitching in ``merger``.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,22 +16,34 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import Cancelled, InputError
+from .errors import Cancelled
+from .merger import BandMerger
 from .metadata import ModelInfo
-from .normalize import offset_scale, sample_rows
-from .planner import TilePlan, plan_tiles
-
-LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)
-SAMPLE_BAND = 1024  # rows read at a time when sampling a compressed image
-
+from .normalize import Preprocess, preprocess_for
+from .readers import ArrayReader, Reader
+from .tiling import RowSource, TilePlan, gather_batch, plan_tiles
 
 @dataclass
-class Preprocess:
-    """Per-plane input mapping fused into the gather kernel: channel mix, offset, scale."""
+class StageTimes:
+    """Seconds spent per stage, accumulated over calls (benchmarks read these). ``gather`` runs
+    in a background thread, overlapped with ``infer``; ``stitch`` includes the argmax."""
 
-    mix: np.ndarray  # float32 (C_model, C_src)
-    offset: np.ndarray  # float32 (C_model,)
-    scale: np.ndarray  # float32 (C_model,)
+    gather: float = 0.0
+    infer: float = 0.0
+    stitch: float = 0.0
+
+
+class _Clock:
+    def __init__(self, times: StageTimes | None, stage: str):
+        self.times, self.stage = times, stage
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if self.times is not None:
+            setattr(self.times, self.stage,
+                    getattr(self.times, self.stage) + time.perf_counter() - self.t0)
 
 
 @dataclass
@@ -52,176 +65,16 @@ class Summary:
                 + (f", backend {self.backend}" if self.backend else ""))
 
 
-class ArrayReader:
-    """Plane-reader interface over an in-memory (H, W) or (H, W, C) array."""
-
-    def __init__(self, image: np.ndarray):
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.ndim != 3:
-            raise InputError(f"expected a 2-D (H, W) or (H, W, C) array, got shape {image.shape}")
-        self.array = image
-        self.height, self.width, self.channels = image.shape
-        self.dtype = image.dtype
-
-    def read_rows(self, y0: int, y1: int) -> np.ndarray:
-        return self.array[y0:y1]
-
-
-def channel_mix(c_src: int, c_model: int, where: str = "image") -> np.ndarray:
-    if c_src == c_model:
-        return np.eye(c_model, dtype=np.float32)
-    if c_model == 1 and c_src in (3, 4):  # RGB(A) -> luminance; alpha ignored
-        return np.pad(LUMA, ((0, 0), (0, c_src - 3)))
-    if c_src == 1:
-        return np.ones((c_model, 1), np.float32)
-    raise InputError(f"{where}: has {c_src} channels but the model takes {c_model}; "
-                     f"convert the image to {c_model} channel(s)")
-
-
-def plane_sample(reader) -> np.ndarray:
-    """A strided sample (h, w, C) of the plane, read band by band when not memory-mapped."""
-    sy, sx = sample_rows(reader.height, reader.width)
-    array = getattr(reader, "array", None)
-    if isinstance(array, np.memmap):
-        # Sampling a memmap faults in most of its pages (readahead): copy the sample band by
-        # band and drop each band's pages from RSS right away.
-        parts = []
-        for y0 in range(0, reader.height, SAMPLE_BAND * sy):
-            y1 = min(reader.height, y0 + SAMPLE_BAND * sy)
-            parts.append(np.array(array[y0:y1:sy, ::sx]))
-            release_mapped_rows(array, y0, y1)
-        return np.concatenate(parts)
-    if array is not None:
-        return np.asarray(array[::sy, ::sx])
-    parts = []
-    for y0 in range(0, reader.height, SAMPLE_BAND * sy):
-        band = reader.read_rows(y0, min(reader.height, y0 + SAMPLE_BAND * sy))
-        parts.append(np.asarray(band[::sy, ::sx]))
-    return np.concatenate(parts)
-
-
-def count_nonfinite(reader) -> int:
-    """NaN/Inf pixels of a float plane (float64 values beyond the float32 range count as
-    Inf: the network computes in float32), counted band by band (memory bounded)."""
-    if np.dtype(reader.dtype).kind != "f":
-        return 0
-    src = getattr(reader, "array", None)
-    n = 0
-    for y0 in range(0, reader.height, SAMPLE_BAND):
-        y1 = min(reader.height, y0 + SAMPLE_BAND)
-        band = src[y0:y1] if src is not None else reader.read_rows(y0, y1)
-        n += int(band.size - np.count_nonzero(np.isfinite(band)))
-        if band.dtype.itemsize > 4:  # finite in float64 but inf once cast to float32
-            n += int(np.count_nonzero(np.abs(band) > np.finfo(np.float32).max))
-        if src is not None:
-            release_mapped_rows(src, y0, y1)  # a full scan must not fill RSS with the plane
-    return n
-
-
-def preprocess_for(reader, info: ModelInfo, where: str = "image",
-                   nan_policy: str | None = None) -> Preprocess:
-    """Channel mix and normalization for one plane. NaN/Inf pixels: with the "error" policy
-    (default) the plane is refused, naming the count; with "zero" the reader already returns
-    them as 0 (``open_image(..., nan_policy="zero")``, or the caller cleaned the array)."""
-    policy = nan_policy or getattr(reader, "nan_policy", "error")
-    if policy == "error":
-        bad = count_nonfinite(reader)
-        if bad:
-            raise InputError(f"{where}: {bad} NaN/Inf pixel(s) in a float image; clean the image "
-                             f"or pass --nan-policy zero (treats them as 0)")
-    mix = channel_mix(reader.channels, info.in_channels, where)
-    sample = plane_sample(reader).astype(np.float32)
-    mixed = np.einsum("hws,cs->chw", sample, mix)
-    pairs = [offset_scale(mixed[c], info.normalization) for c in range(info.in_channels)]
-    offset = np.array([p[0] for p in pairs], np.float32)
-    scale = np.array([p[1] for p in pairs], np.float32)
-    return Preprocess(mix, offset, scale)
-
-
-def release_mapped_rows(array: np.ndarray, y0: int, y1: int) -> None:
-    """madvise(MADV_DONTNEED) the whole pages of rows [y0, y1) of a read-only np.memmap, so
-    the mapped input's pages don't pile up in RSS (0.8 GB for a 20000x20000 uint16 plane).
-    The pages stay in the page cache and are re-read transparently if touched again; a
-    read-only shared file mapping loses nothing. No-op for anything else."""
-    if not isinstance(array, np.memmap) or getattr(array, "mode", None) != "r" \
-            or array.strides[0] <= 0 or not hasattr(os, "sched_getaffinity"):  # Linux only
-        return
-    try:
-        import ctypes
-        import mmap
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        page = mmap.PAGESIZE
-        start = array.ctypes.data + y0 * array.strides[0]
-        end = array.ctypes.data + min(y1, array.shape[0]) * array.strides[0]
-        a, b = -(-start // page) * page, end // page * page
-        if b > a:
-            libc.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), 4)  # MADV_DONTNEED
-    except (OSError, AttributeError):
-        pass
-
-
-class RowSource:
-    """Hands the gather kernel the source rows a tile row needs: the memmap itself when the
-    plane is contiguous on disk, else a decoded band (only rows that row touches)."""
-
-    def __init__(self, reader, plan: TilePlan):
-        self.reader = reader
-        self.plan = plan
-        self.cached: tuple[int, np.ndarray, int] | None = None
-        self.released = 0  # memmap rows [0, released) handed back to the kernel
-
-    def rows_for(self, row: int) -> tuple[np.ndarray, int]:
-        array = getattr(self.reader, "array", None)
-        if array is not None and array.dtype.isnative:
-            # Tile rows come in order and never look above their own window again (only row 0
-            # mirrors at the top), so rows above it are done: drop their mapped pages from RSS.
-            y0 = row * self.plan.out_h - self.plan.halo_y
-            if y0 > self.released:
-                release_mapped_rows(array, self.released, y0)
-                self.released = y0
-            return array, 0
-        if self.cached is None or self.cached[0] != row:
-            from .kernels import mirror_indices
-
-            y0 = row * self.plan.out_h - self.plan.halo_y
-            need = mirror_indices(np.arange(y0, y0 + self.plan.tile_h, dtype=np.int64),
-                                  self.plan.image_h)
-            lo, hi = int(need.min()), int(need.max()) + 1
-            band = np.asarray(self.reader.read_rows(lo, hi))
-            band = np.ascontiguousarray(band, dtype=band.dtype.newbyteorder("="))
-            self.cached = (row, band, lo)
-        return self.cached[1], self.cached[2]
-
-
-def gather_batch(source: RowSource, plan: TilePlan, ids: np.ndarray, prep: Preprocess,
-                 out: np.ndarray) -> np.ndarray:
-    from .kernels import gather_tiles
-
-    rows = ids // plan.cols
-    for row in np.unique(rows):
-        sel = np.flatnonzero(rows == row)
-        ys, xs = plan.in_origins(int(row))
-        cols = ids[sel] % plan.cols
-        src, row0 = source.rows_for(int(row))
-        # Tiles of one row are contiguous in ids, so out[sel] is a contiguous slice.
-        gather_tiles(src, row0, plan.image_h, ys[cols], xs[cols], prep.mix, prep.offset,
-                     prep.scale, out[sel[0] : sel[-1] + 1])
-    return out[: len(ids)]
-
-
-def segment_plane(reader, plan: TilePlan, backend, prep: Preprocess, batch_size: int = 1,
-                  output: str = "labels",
-                  on_tiles: Callable[[int], None] | None = None,
-                  cancel=None) -> Iterator[np.ndarray]:
+def segment_plane(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
+                  batch_size: int = 1, output: str = "labels",
+                  on_tiles: Callable[[int], None] | None = None, cancel=None,
+                  times: StageTimes | None = None) -> Iterator[np.ndarray]:
     """Yield the output of one plane as row bands, top to bottom.
 
     A background thread gathers batch k+1 into the spare buffer while the backend runs batch k;
     the caller consumes (writes) band r while later bands are still being computed.
-    ``cancel``: a ``threading.Event`` checked between batches; once set, ``Cancelled`` is raised."""
-    from .merger import BandMerger
-
+    ``cancel``: a ``threading.Event`` checked between batches; once set, ``Cancelled`` is raised.
+    ``times``: a ``StageTimes`` to accumulate per-stage seconds into."""
     info = backend.info
     source = RowSource(reader, plan)
     merger = BandMerger(plan, info.out_channels, output)
@@ -229,16 +82,23 @@ def segment_plane(reader, plan: TilePlan, backend, prep: Preprocess, batch_size:
     batches = [ids[i : i + batch_size] for i in range(0, plan.n_tiles, batch_size)]
     shape = (batch_size, info.in_channels, plan.tile_h, plan.tile_w)
     buffers = [np.empty(shape, np.float32), np.empty(shape, np.float32)]
+
+    def gather(k: int) -> np.ndarray:
+        with _Clock(times, "gather"):
+            return gather_batch(source, plan, batches[k], prep, buffers[k % 2])
+
     with ThreadPoolExecutor(1, thread_name_prefix="unet-gather") as pool:
-        pending = pool.submit(gather_batch, source, plan, batches[0], prep, buffers[0])
+        pending = pool.submit(gather, 0)
         for k, batch in enumerate(batches):
             tiles = pending.result()
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled after {k} of {len(batches)} batches; no result")
             if k + 1 < len(batches):
-                pending = pool.submit(gather_batch, source, plan, batches[k + 1], prep,
-                                      buffers[(k + 1) % 2])
-            merger.add(backend.infer(tiles), batch)
+                pending = pool.submit(gather, k + 1)
+            with _Clock(times, "infer"):
+                probs = backend.infer(tiles)
+            with _Clock(times, "stitch"):
+                merger.add(probs, batch)
             if on_tiles:
                 on_tiles(len(batch))
             yield from merger.pop_complete()
@@ -251,9 +111,9 @@ def default_tile(info: ModelInfo, tile: int | None) -> int:
 
 def segment_array(image: np.ndarray, model=None, *, backend=None, batch_size: int = 1,
                   tile: int | None = None, output: str = "labels",
-                  threads: int = 0) -> np.ndarray:
+                  threads: int = 0, times: StageTimes | None = None) -> np.ndarray:
     """Segment an in-memory 2-D image (H, W) or (H, W, C). Returns labels (H, W), instance
-    labels (H, W) or probabilities (H, W, K)."""
+    labels (H, W) or probabilities (H, W, K). ``times``: see ``segment_plane``."""
     from .backends import open_backend
 
     reader = ArrayReader(np.asarray(image))
@@ -265,7 +125,8 @@ def segment_array(image: np.ndarray, model=None, *, backend=None, batch_size: in
         plan = plan_tiles(reader.height, reader.width, info.geometry,
                           default_tile(info, tile))
         prep = preprocess_for(reader, info)
-        bands = list(_plane_bands(reader, plan, backend, prep, batch_size, output, None))
+        bands = list(plane_bands(reader, plan, backend, prep, batch_size, output, None,
+                                 None, times))
     finally:
         if own:
             backend.deactivate()
@@ -281,18 +142,21 @@ def default_output_path(input_path: str | Path, output: str) -> Path:
     return p.with_name(f"{stem}.{output}.tif")
 
 
-def _plane_bands(reader, plan, backend, prep, batch_size, output, on_tiles, cancel=None):
+def plane_bands(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
+                batch_size: int = 1, output: str = "labels",
+                on_tiles: Callable[[int], None] | None = None, cancel=None,
+                times: StageTimes | None = None) -> Iterator[np.ndarray]:
     """Bands of one plane in the requested output kind. Instances need the whole plane's class
     map (connected components are not local), so that kind is built in memory, then banded."""
     if output != "instances":
         yield from segment_plane(reader, plan, backend, prep, batch_size, output, on_tiles,
-                                 cancel)
+                                 cancel, times)
         return
     from .postprocess import instance_classes, to_instances
 
     info = backend.info
     labels = np.concatenate([instance_classes(band, info) for band in segment_plane(
-        reader, plan, backend, prep, batch_size, "probabilities", on_tiles, cancel)])
+        reader, plan, backend, prep, batch_size, "probabilities", on_tiles, cancel, times)])
     inst = to_instances(labels, info)
     for y0 in range(0, inst.shape[0], plan.out_h):
         yield inst[y0 : y0 + plan.out_h]
@@ -341,8 +205,8 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
             for i in range(src.n_planes):
                 reader = src.plane(i)
                 prep = preprocess_for(reader, info, str(input_path))
-                for band in _plane_bands(reader, plan, be, prep, batch_size, output,
-                                         bar.update, cancel):
+                for band in plane_bands(reader, plan, be, prep, batch_size, output,
+                                        bar.update, cancel):
                     writer.write_band(band)
         name, reason = getattr(be, "choice", (be.name, ""))
         return Summary(src.height * src.width * src.n_planes, plan.n_tiles * src.n_planes,

@@ -122,8 +122,9 @@ def calibration_tiles(images, info, tile: int | None = None, n_tiles: int = 32,
     """Up to ``n_tiles`` float32 tiles (N, C, tile, tile) from ``images`` (paths, directories,
     globs or arrays), produced by the inference pipeline's own gather (channel mix,
     normalization, mirroring), spread evenly over the images."""
-    from .pipeline import ArrayReader, RowSource, gather_batch, preprocess_for
-    from .planner import plan_tiles
+    from .normalize import preprocess_for
+    from .readers import ArrayReader
+    from .tiling import RowSource, gather_batch, plan_tiles
 
     tile = int(tile or info.tile)
     arrays = [im for im in images if isinstance(im, np.ndarray)]

@@ -13,7 +13,7 @@
 Guarantees
 ----------
 * **Same result as the CLI**: a frame goes through the same ``image → plan → tiles → batches →
-  backend → stitch`` flow as ``segment_file`` (``pipeline.segment_plane``).
+  backend → stitch`` flow as ``segment_file`` (``pipeline.plane_bands``).
 * **Thread-safe**: any number of threads may call one Segmenter. Backends that declare
   ``thread_safe = False`` (TensorRT execution contexts) are serialised with a lock; ONNX Runtime
   sessions are shared (``session.run`` is thread-safe).
@@ -44,6 +44,7 @@ from typing import Callable
 
 import numpy as np
 
+from .backends.base import Backend, check_output
 from .errors import BackendError, InputError, UnetDeployError
 
 __all__ = ["Segmenter", "SegmentationFuture", "is_out_of_memory"]
@@ -115,16 +116,12 @@ class _GuardedBackend:
                 if seg._fallback_to_cpu(backend, exc):
                     return self.infer(batch)
             raise seg._fail(exc) from exc
-        out = np.asarray(out)
-        k = seg.info.out_channels
-        if out.ndim != 4 or out.shape[0] != n or out.shape[1] != k or out.dtype.kind != "f":
-            raise seg._fail(BackendError(
-                f"backend returned shape {out.shape} dtype {out.dtype} for a batch of {n} "
-                f"(expected ({n}, {k}, h, w) float)"))
-        if not np.isfinite(out).all():
-            raise seg._fail(BackendError(f"backend returned {int((~np.isfinite(out)).sum())} "
-                                         f"NaN/Inf values"))
-        return out
+        if type(backend).infer is Backend.infer:
+            return out  # the base class checked it (a failed check raised above)
+        try:  # a caller's backend that overrides infer() itself
+            return check_output(out, n, seg.info.out_channels)
+        except BackendError as exc:
+            raise seg._fail(exc) from None
 
 
 class Segmenter:
@@ -185,10 +182,10 @@ class Segmenter:
 
     # -- lifecycle -------------------------------------------------------------------
     def _open_backend(self) -> None:
-        from .backends import Backend, open_backend
+        from .backends import open_backend
         from .model_store import resolve_model
         from .pipeline import default_tile
-        from .planner import plan_tiles
+        from .tiling import plan_tiles
 
         spec = self._backend_spec
         if isinstance(spec, Backend):
@@ -384,7 +381,7 @@ class Segmenter:
 
     def _plan(self, h: int, w: int):
         from .pipeline import default_tile
-        from .planner import plan_tiles
+        from .tiling import plan_tiles
 
         key = (h, w)
         plan = self._plans.get(key)
@@ -444,7 +441,9 @@ class Segmenter:
         return arr
 
     def _segment(self, frame, roi, cancel) -> np.ndarray:
-        from .pipeline import ArrayReader, _plane_bands, preprocess_for
+        from .normalize import preprocess_for
+        from .pipeline import plane_bands
+        from .readers import ArrayReader
 
         arr = self._prepare(frame, roi)
         reader = ArrayReader(arr)
@@ -454,7 +453,7 @@ class Segmenter:
         with self._state_lock:
             self._calls += 1
         try:
-            bands = list(_plane_bands(reader, plan, self._guard, prep, batch, self.output, None,
+            bands = list(plane_bands(reader, plan, self._guard, prep, batch, self.output, None,
                                       cancel))
         except UnetDeployError:
             raise

@@ -48,7 +48,5 @@ class OnnxRuntimeBackend(Backend):
     def _deactivate(self) -> None:
         self.session = None
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        if self.session is None:
-            raise BackendError(f"{self}: infer() before activate()")
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]

@@ -103,12 +103,9 @@ class TensorRTBackend(Backend):
         slot.context.set_tensor_address(self.oname, int(slot.y.data_ptr()))
         slot.shape = shape
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.engine is None:
-            raise BackendError(f"{self}: infer() before activate()")
-        batch = np.ascontiguousarray(batch, np.float32)
         self._check(batch)
         slots = self._slots()
         n = batch.shape[0]

@@ -183,15 +183,9 @@ class TorchBackend(Backend):
         t = t.to(self.dtype)
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.model is None:
-            raise BackendError(f"{self}: infer() before activate()")
-        batch = np.ascontiguousarray(batch, np.float32)
-        if batch.ndim != 4 or batch.shape[1] != self.info.in_channels:
-            raise BackendError(f"{self}: expected (B, {self.info.in_channels}, h, w) input, "
-                               f"got {batch.shape}")
         with torch.inference_mode():
             if self.device.type == "cpu":
                 return self._forward(self._prep(torch.from_numpy(batch))).numpy()

@@ -1,4 +1,7 @@
-"""Tile planning (the Splitter): where the tiles of an image are.
+"""Tiling (the Splitter): where the tiles of an image are, and cutting them out.
+
+``plan_tiles`` computes the grid; ``RowSource`` + ``gather_batch`` fill a caller-allocated batch
+buffer with mirror-padded, normalized tiles straight from a ``readers.Reader``.
 
 Tiles step by a multiple of 2**depth: a valid U-Net's output only shifts with its input for such
 shifts (every 2x2 pool halves the grid), so only then does each tile compute exactly what a
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import Geometry
+from .readers import Reader, release_mapped_rows
 
 
 @dataclass(frozen=True)
@@ -103,3 +107,54 @@ def plan_tiles(image_h: int, image_w: int, geo: Geometry, tile: int | tuple[int,
 
 def legal_tiles(geo: Geometry, lo: int = 1, hi: int = 2048) -> list[int]:
     return geo.legal_sizes(lo, hi)
+
+
+class RowSource:
+    """Hands the gather kernel the source rows a tile row needs: the reader's array itself
+    when it has one (zero copy), else a decoded band (only rows that tile row touches)."""
+
+    def __init__(self, reader: Reader, plan: TilePlan):
+        self.reader = reader
+        self.plan = plan
+        self.cached: tuple[int, np.ndarray, int] | None = None
+        self.released = 0  # memmap rows [0, released) handed back to the kernel
+
+    def rows_for(self, row: int) -> tuple[np.ndarray, int]:
+        array = getattr(self.reader, "array", None)
+        if array is not None and array.dtype.isnative:
+            # Tile rows come in order and never look above their own window again (only row 0
+            # mirrors at the top), so rows above it are done: drop their mapped pages from RSS.
+            y0 = row * self.plan.out_h - self.plan.halo_y
+            if y0 > self.released:
+                release_mapped_rows(array, self.released, y0)
+                self.released = y0
+            return array, 0
+        if self.cached is None or self.cached[0] != row:
+            from .kernels import mirror_indices
+
+            y0 = row * self.plan.out_h - self.plan.halo_y
+            need = mirror_indices(np.arange(y0, y0 + self.plan.tile_h, dtype=np.int64),
+                                  self.plan.image_h)
+            lo, hi = int(need.min()), int(need.max()) + 1
+            band = np.asarray(self.reader.read_rows(lo, hi))
+            band = np.ascontiguousarray(band, dtype=band.dtype.newbyteorder("="))
+            self.cached = (row, band, lo)
+        return self.cached[1], self.cached[2]
+
+
+def gather_batch(source: RowSource, plan: TilePlan, ids: np.ndarray, prep,
+                 out: np.ndarray) -> np.ndarray:
+    """Fill ``out[:len(ids)]`` with tiles ``ids`` (row-major plan indices), each mirror-padded
+    and mapped by ``prep`` (a ``normalize.Preprocess``: channel mix, offset, scale)."""
+    from .kernels import gather_tiles
+
+    rows = ids // plan.cols
+    for row in np.unique(rows):
+        sel = np.flatnonzero(rows == row)
+        ys, xs = plan.in_origins(int(row))
+        cols = ids[sel] % plan.cols
+        src, row0 = source.rows_for(int(row))
+        # Tiles of one row are contiguous in ids, so out[sel] is a contiguous slice.
+        gather_tiles(src, row0, plan.image_h, ys[cols], xs[cols], prep.mix, prep.offset,
+                     prep.scale, out[sel[0] : sel[-1] + 1])
+    return out[: len(ids)]
