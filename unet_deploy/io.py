@@ -400,7 +400,7 @@ def _enum_name(value) -> str:
 
 
 class PlaneReader:
-    """One 2-D plane (H, W, C) of an ImageSource.
+    """One 2-D plane (H, W, C) of an ImageSource; implements ``readers.Reader``.
 
     ``raw``: zero-copy (H, W, C) np.memmap view when the plane is stored contiguous and
     uncompressed (dtype may be non-native, e.g. '>u2', or float16); else None.

@@ -3,8 +3,8 @@
 ``Reader`` is the protocol (height, width, channels, dtype, ``read_rows``, optional zero-copy
 ``array``, ``nan_policy``); ``ArrayReader`` implements it over an in-memory array and
 ``io.PlaneReader`` over a (huge) TIFF plane. A new source (Zarr, a slide pyramid level) slots in
-beside them by implementing the protocol; ``tests/test_readers.py`` holds the contract tests
-every implementation must pass.
+beside them by implementing the protocol and passing ``check_reader`` (the shipped contract
+check, run by ``tests/test_readers.py`` over every implementation).
 """
 
 from __future__ import annotations
@@ -76,3 +76,21 @@ def release_mapped_rows(array: np.ndarray, y0: int, y1: int) -> None:
             libc.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), 4)  # MADV_DONTNEED
     except (OSError, AttributeError):
         pass
+
+
+def check_reader(reader, expected: np.ndarray) -> None:
+    """Contract check of a ``Reader`` against the plane it should return, ``expected`` (H, W, C)
+    (after any NaN policy). Raises AssertionError naming the broken promise."""
+    assert isinstance(reader, Reader), f"{type(reader).__name__} lacks Reader attributes"
+    h, w, c = expected.shape
+    assert (reader.height, reader.width, reader.channels) == (h, w, c), "wrong plane shape"
+    assert np.dtype(reader.dtype) == expected.dtype and np.dtype(reader.dtype).isnative
+    assert reader.nan_policy in ("error", "zero")
+    for y0, y1 in ((0, h), (0, 1), (h - 1, h), (h // 3, (2 * h) // 3 + 1), (h // 2, h // 2)):
+        band = np.asarray(reader.read_rows(y0, y1))
+        assert band.shape == (y1 - y0, w, c), f"read_rows({y0}, {y1}) has shape {band.shape}"
+        assert band.dtype == expected.dtype, f"read_rows dtype {band.dtype}"
+        np.testing.assert_array_equal(band, expected[y0:y1], err_msg=f"read_rows({y0}, {y1})")
+    if reader.array is not None:
+        assert reader.array.shape == (h, w, c) and reader.array.dtype == expected.dtype
+        np.testing.assert_array_equal(reader.array, expected, err_msg="array")
