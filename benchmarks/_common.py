@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,13 +25,12 @@ def resolve_or_export(model: str | None, folder: Path, depth: int = 4, base: int
     for candidate in (ROOT / "models" / "nuclei.onnx",):
         if candidate.exists():
             return candidate, "nuclei (models/nuclei.onnx)"
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import export_random_unet
+    from unet_deploy.testing import random_unet_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"random_d{depth}_b{base}_t{tile}.onnx"
     if not path.exists():
-        export_random_unet(path, depth=depth, base=base, tile=tile)
+        random_unet_onnx(path, depth=depth, base=base, tile=tile)
     return path, f"random weights, depth {depth}, base {base}, tile {tile} (nuclei not present)"
 
 

@@ -1,19 +1,11 @@
-"""Limit accounting: FLOPs per output pixel counted from an ONNX graph, and this machine's
-measured fp32 GEMM ceiling.
+"""Limit accounting: FLOPs per output pixel counted from an ONNX graph (``unet_deploy.flops``:
+2 x the Conv / ConvTranspose MACs at input (1, C, tile, tile), from ONNX shape inference), and
+this machine's measured fp32 GEMM ceiling.
 
-FLOPs are counted, not estimated by hand: the graph's input is fixed to (1, C, tile, tile),
-``onnx.shape_inference`` gives every tensor's shape, and every Conv / ConvTranspose node
-contributes 2 x MACs:
-
-* Conv:          MACs = N * C_out * H_out * W_out * (C_in / group) * kH * kW
-* ConvTranspose: MACs = N * C_in  * H_in  * W_in  * (C_out / group) * kH * kW
-
-(bias adds, ReLU, max-pool, concat and softmax are < 1 % and not counted). Divided by the
-output pixels (N * H_out * W_out of the graph output) this is the work per output pixel at that
-tile; it falls with tile size towards the asymptote because the halo is recomputed less.
-
-The GEMM ceiling is the best (and median) GFLOP/s of ``numpy.matmul`` on square float32 matrices (numpy's
-BLAS, all cores): a practical upper bound for conv-as-GEMM inference on the same cores.
+FLOPs per output pixel fall with tile size towards an asymptote because the halo is recomputed
+less. The GEMM ceiling is the best (and median) GFLOP/s of ``numpy.matmul`` on square float32
+matrices (numpy's BLAS, all cores): a practical upper bound for conv-as-GEMM inference on the
+same cores.
 
     python benchmarks/flops.py models/*.onnx --tile 572
     python benchmarks/flops.py --gemm
@@ -25,7 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from unet_deploy.bench import count_flops, gemm_ceiling  # noqa: E402,F401
+from unet_deploy.bench import gemm_ceiling
+from unet_deploy.flops import count_flops
 
 
 def main(argv=None) -> None:

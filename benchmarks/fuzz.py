@@ -135,10 +135,9 @@ def tiff_seeds(folder: Path) -> list[Path]:
 def default_model(folder: Path) -> Path:
     path = folder / "fuzz_tiny.onnx"
     if not path.exists():
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import export_random_unet
+        from unet_deploy.testing import random_unet_onnx
 
-        export_random_unet(path)
+        random_unet_onnx(path)
     return path
 
 

@@ -11,7 +11,7 @@ TensorRT fp16 when installed, otherwise the row says so):
 1. correctness on a crop against the CPU float32 reference (ONNX Runtime CPU): label agreement,
    max/mean probability error, with the same accuracy gate as reduced-precision builds;
 2. inference throughput at several batch sizes (tiles/s) and achieved TFLOP/s, from the FLOP
-   count of the ONNX graph (2 × Conv/ConvTranspose MACs, ``exporting.conv_macs``);
+   count of the ONNX graph (2 × Conv/ConvTranspose MACs, ``flops.conv_macs``);
 3. end-to-end ``segment_array`` time on an 8192×8192 image (gather, inference, stitch, labels).
    Target for the paper-size model on an H100: <= 0.35 s.
 """
@@ -42,21 +42,11 @@ def synthetic_image(size: int, seed: int = 0) -> np.ndarray:
 
 
 def paper_model(tmp: Path, base: int, depth: int, tile: int) -> Path:
-    import torch
+    from unet_deploy.testing import random_unet_onnx
 
-    from unet_deploy.export import export_onnx
-    from unet_deploy.metadata import ModelInfo
-    from unet_deploy.train.unet import build_unet
-
-    torch.manual_seed(0)
-    info = ModelInfo(name=f"paper-b{base}", depth=depth, base=base, tile=tile,
-                     description="random weights, for timing")
-    net = build_unet(info).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("bias"):
-                p.uniform_(-0.05, 0.05)
-    return export_onnx(net, info, tmp / f"paper-b{base}.onnx", parity=False)
+    return random_unet_onnx(tmp / f"paper-b{base}.onnx", depth, base, tile=tile,
+                            instance_scheme="none", description="random weights, for timing",
+                            bias_range=0.05, parity=False)
 
 
 def shipped_model(tmp: Path) -> Path | None:
@@ -69,7 +59,7 @@ def shipped_model(tmp: Path) -> Path | None:
         return next(iter(models.values()))
     ck = ROOT / "runs/nuclei/best.pt"
     if ck.is_file():
-        from unet_deploy.exporting import export_checkpoint
+        from unet_deploy.export import export_checkpoint
         return export_checkpoint(ck, tmp / "nuclei.onnx").path
     return None
 
@@ -133,7 +123,7 @@ def sync():
 
 
 def throughput(factory, model: Path, info, batches, tile: int, reps: int):
-    from unet_deploy.exporting import conv_macs
+    from unet_deploy.flops import conv_macs
 
     out = []
     b = factory()
@@ -200,7 +190,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
 
     from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
-    from unet_deploy.exporting import conv_macs
+    from unet_deploy.flops import conv_macs
     from unet_deploy.model_store import read_onnx
     from unet_deploy.pipeline import segment_array
 

@@ -42,18 +42,12 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="int8bench"))
     fp32 = tmp / "model.onnx"
     if Path(args.checkpoint).is_file():
-        from unet_deploy.exporting import export_checkpoint
+        from unet_deploy.export import export_checkpoint
         export_checkpoint(args.checkpoint, fp32)
         source = f"trained checkpoint {args.checkpoint}"
     else:
-        import torch
-
-        from unet_deploy.export import export_onnx
-        from unet_deploy.metadata import ModelInfo
-        from unet_deploy.train.unet import build_unet
-        torch.manual_seed(0)
-        info = ModelInfo(name="random-b16", depth=4, base=16, tile=572)
-        export_onnx(build_unet(info).eval(), info, fp32)
+        from unet_deploy.testing import random_unet_onnx
+        random_unet_onnx(fp32, 4, 16, tile=572, name="random-b16", instance_scheme="none")
         source = "random weights (no checkpoint found)"
     info = read_onnx(fp32).info
     images = sorted(glob.glob(DATA))

@@ -28,13 +28,12 @@ from _common import RESULTS, machine, rss_mb  # noqa: E402
 
 
 def tiny_model(folder: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import export_random_unet
+    from unet_deploy.testing import random_unet_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "soak_tiny.onnx"
     if not path.exists():
-        export_random_unet(path)
+        random_unet_onnx(path)
     return path
 
 

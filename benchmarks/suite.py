@@ -44,6 +44,7 @@ sys.path.insert(0, str(HERE))
 from mosaic import DEFAULT_DIR, build_mosaic  # noqa: E402
 
 from unet_deploy import bench as B  # noqa: E402
+from unet_deploy.flops import count_flops  # noqa: E402
 
 MODELS = HERE.parent / "models"
 
@@ -109,11 +110,11 @@ def limits(tile: int, gemm_n: int = 2048) -> dict:
     for m in shipped:
         info = read_onnx(m).info
         rows.append({"kind": "shipped", "base": info.base, "depth": info.depth,
-                     **B.count_flops(m, info.tile)})
+                     **count_flops(m, info.tile)})
     for base, kind in ((16, "benchmark (issue 2 net)"), (64, "paper size")):
         m = B.bench_model(base, 4)
         for t in sorted({572, tile}):
-            rows.append({"kind": kind, "base": base, "depth": 4, **B.count_flops(m, t)})
+            rows.append({"kind": kind, "base": base, "depth": 4, **count_flops(m, t)})
     gemm = B.gemm_ceiling(gemm_n, 7)
     return {"flops": rows, "gemm": gemm, "gemm_gflops": gemm["gflops_best"],
             "theoretical_note": "2 Zen 4 cores, AVX-512 as 2x256-bit FMA: about "
@@ -125,7 +126,7 @@ def run(args) -> dict:
     model = B.bench_model(16, 4)
     image_path = build_mosaic(args.size)
     lim = limits(tile)
-    flops_px = B.count_flops(model, tile)["flops_per_output_px"]
+    flops_px = count_flops(model, tile)["flops_per_output_px"]
     methods = args.methods
     seconds = {m: [] for m in methods}
     rows = {m: {"method": m, "seconds": []} for m in methods}

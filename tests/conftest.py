@@ -11,26 +11,12 @@ DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
-def export_random_unet(path: Path, depth: int = 2, base: int = 4, classes=2, tile: int = 92,
-                       in_channels: int = 1, seed: int = 0, padding: str = "valid",
-                       norm_mode: str = "percentile") -> Path:
-    torch = pytest.importorskip("torch")
-    from unet_deploy.export import export_onnx
-    from unet_deploy.metadata import ModelInfo, Normalization
-    from unet_deploy.train.unet import build_unet
+def export_random_unet(path: Path, **kw) -> Path:
+    """``unet_deploy.testing.random_unet_onnx``, skipping the test where torch is missing."""
+    pytest.importorskip("torch")
+    from unet_deploy.testing import random_unet_onnx
 
-    names = ["background", "foreground", "border"][:classes]
-    info = ModelInfo(name=path.stem, depth=depth, base=base, in_channels=in_channels,
-                     classes=names, padding=padding, tile=tile,
-                     normalization=Normalization(mode=norm_mode),
-                     instance_scheme="three_class" if classes == 3 else "binary")
-    torch.manual_seed(seed)
-    model = build_unet(info)
-    # Make the random net's outputs depend strongly on the input, so labels are not one class.
-    with torch.no_grad():
-        model.head.bias.zero_()
-    export_onnx(model, info, path)
-    return path
+    return random_unet_onnx(path, **kw)
 
 
 @pytest.fixture(scope="session")

@@ -185,8 +185,7 @@ class Payload:
 
 def test_pickle_payload_checkpoint_refused_and_not_run(tmp_path):
     torch = pytest.importorskip("torch")
-    from unet_deploy.checkpoints import load_checkpoint
-    from unet_deploy.exporting import load_training_checkpoint
+    from unet_deploy.export import load_checkpoint, load_training_checkpoint
 
     marker = tmp_path / "PWNED"
     ck = tmp_path / "evil.pt"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from unet_deploy import bench
+from unet_deploy.flops import count_flops
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_check_result_rejects_bad_format(quick_result):
 
 def test_flops_counted_from_graph(tiny_model):
     """Graph count agrees with an independent hand count of the depth-2, base-4 U-Net."""
-    r = bench.count_flops(tiny_model, 92)
+    r = count_flops(tiny_model, 92)
     assert r["output_tile"] == 52 and r["conv_nodes"] == 11 and r["convtranspose_nodes"] == 2
     macs = 0
     s, c_in = 92, 1

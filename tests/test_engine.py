@@ -13,23 +13,17 @@ from unet_deploy import engine as E
 from unet_deploy.engine import (EngineCache, Environment, Manifest, cast_onnx, check_manifest,
                                 manifest_path, read_manifest, rebuild_command)
 from unet_deploy.errors import ModelError, ModelNotFoundError
-from unet_deploy.exporting import file_sha256
+from unet_deploy.model_store import file_sha256
 
 H100 = Environment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    import torch
+    from unet_deploy.testing import random_unet_onnx
 
-    from unet_deploy.export import export_onnx
-    from unet_deploy.metadata import ModelInfo
-    from unet_deploy.train.unet import build_unet
-
-    torch.manual_seed(0)
-    info = ModelInfo(name="tiny", depth=2, base=4, tile=92)
-    return export_onnx(build_unet(info).eval(), info,
-                       tmp_path_factory.mktemp("onnx") / "model.onnx", parity=False)
+    return random_unet_onnx(tmp_path_factory.mktemp("onnx") / "model.onnx", name="tiny",
+                            instance_scheme="none", parity=False)
 
 
 def write_engine(tmp_path, onnx_path, env=H100, name="model.engine", **kw):

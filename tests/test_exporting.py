@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from unet_deploy.errors import ModelError, ModelNotFoundError, OutputError
-from unet_deploy.export import OPSET
-from unet_deploy.exporting import (conv_macs, export_checkpoint, file_sha256,
-                                   load_training_checkpoint, torch_conv_macs)
+from unet_deploy.export import OPSET, export_checkpoint, load_training_checkpoint
+from unet_deploy.flops import conv_macs, torch_conv_macs
 from unet_deploy.metadata import METADATA_KEY, ModelInfo
-from unet_deploy.model_store import read_onnx
+from unet_deploy.model_store import file_sha256, read_onnx
 from unet_deploy.train.unet import SoftmaxUNet, build_unet
 
 TILE = 92  # legal for depth 2 (output 52)
@@ -71,7 +70,7 @@ def test_bare_state_dict_is_described_from_shapes(tmp_path):
 
 def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
     training_checkpoint(tmp_path / "best.pt")
-    monkeypatch.setattr("unet_deploy.exporting.parity_error", lambda *a, **k: 3e-4)
+    monkeypatch.setattr("unet_deploy.export.parity_error", lambda *a, **k: 3e-4)
     with pytest.raises(ModelError, match="differs from PyTorch"):
         export_checkpoint(tmp_path / "best.pt", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()

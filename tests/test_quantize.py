@@ -18,18 +18,10 @@ IMAGES = sorted(glob.glob("/work/shared/data/bbbc039/images/*.tif"))[:3]
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    import torch
+    from unet_deploy.testing import random_unet_onnx
 
-    from unet_deploy.export import export_onnx
-    from unet_deploy.metadata import ModelInfo
-    from unet_deploy.train.unet import build_unet
-
-    torch.manual_seed(0)
-    info = ModelInfo(name="tiny", depth=2, base=4, tile=92)
-    net = build_unet(info).eval()
-    with torch.no_grad():
-        net.head.weight.mul_(4)
-    return export_onnx(net, info, tmp_path_factory.mktemp("q") / "tiny.onnx")
+    return random_unet_onnx(tmp_path_factory.mktemp("q") / "tiny.onnx", instance_scheme="none",
+                            head_gain=4)
 
 
 @pytest.fixture(scope="module")

@@ -25,29 +25,17 @@ BENCH_DIR = Path(os.environ.get("UNET_DEPLOY_BENCH_DIR", "/tmp/unet-deploy-bench
 # --------------------------------------------------------------------------- models
 def bench_model(base: int = 16, depth: int = 4, classes: int = 2, tile: int = 572,
                 folder: Path | None = None, seed: int = 0) -> Path:
-    """A random-weight paper U-Net (valid convolutions) exported to ONNX, cached by shape.
-    Same recipe as the tests' ``export_random_unet`` (head bias zeroed so labels vary)."""
+    """A random-weight paper U-Net (valid convolutions) exported to ONNX by
+    ``testing.random_unet_onnx`` (the tests' factory), cached by shape."""
     folder = Path(folder or BENCH_DIR / "models")
     path = folder / f"unet-b{base}-d{depth}-c{classes}-s{seed}.onnx"
     if path.exists():
         return path
-    import torch
-
-    from .export import export_onnx
-    from .metadata import ModelInfo, Normalization
-    from .train.unet import build_unet
+    from .testing import random_unet_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
-    names = ["background", "foreground", "border"][:classes]
-    info = ModelInfo(name=path.stem, depth=depth, base=base, in_channels=1, classes=names,
-                     padding="valid", tile=tile, normalization=Normalization(mode="percentile"),
-                     description="random weights, for benchmarks only")
-    torch.manual_seed(seed)
-    model = build_unet(info)
-    with torch.no_grad():
-        model.head.bias.zero_()
-    export_onnx(model, info, path, parity=False)
-    return path
+    return random_unet_onnx(path, depth, base, classes, tile, seed=seed, instance_scheme="none",
+                            description="random weights, for benchmarks only", parity=False)
 
 
 def bare_session(model: str | Path, threads: int = 0):
@@ -58,79 +46,7 @@ def bare_session(model: str | Path, threads: int = 0):
 
 
 # --------------------------------------------------------------------------- limits
-# FLOPs counted from the ONNX graph (see benchmarks/flops.py for the method) and the GEMM ceiling.
-
-def _dims(value_info) -> list[int]:
-    return [d.dim_value for d in value_info.type.tensor_type.shape.dim]
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            import onnx
-
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def count_flops(model_path: str | Path, tile: int, batch: int = 1) -> dict:
-    """FLOPs of one forward pass at input (batch, C, tile, tile) and per output pixel."""
-    import onnx
-
-    proto = onnx.load(str(model_path))
-    graph = proto.graph
-    inits = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
-    dims = inputs[0].type.tensor_type.shape.dim
-    c_in = dims[1].dim_value or 1
-    for d, v in zip(dims, (batch, c_in, tile, tile)):
-        d.ClearField("dim_param")
-        d.dim_value = v
-    for o in graph.output:  # let inference fill the output shape
-        for d in o.type.tensor_type.shape.dim:
-            d.ClearField("dim_param")
-            d.ClearField("dim_value")
-    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + \
-            list(inferred.graph.output):
-        shapes[vi.name] = _dims(vi)
-    weights = {t.name: list(t.dims) for t in graph.initializer}
-    macs = {"Conv": 0, "ConvTranspose": 0}
-    n_nodes = {"Conv": 0, "ConvTranspose": 0}
-    for node in inferred.graph.node:
-        if node.op_type not in macs:
-            continue
-        w = weights.get(node.input[1])
-        group = _attr(node, "group", 1)
-        if w is None:
-            raise ValueError(f"{node.name}: weight {node.input[1]} is not an initializer")
-        if node.op_type == "Conv":
-            out = shapes[node.output[0]]  # N, C_out, H, W
-            c_out, cin_g, kh, kw = w
-            m = out[0] * out[1] * out[2] * out[3] * cin_g * kh * kw
-        else:
-            inp = shapes[node.input[0]]  # N, C_in, H, W
-            c_in_w, cout_g, kh, kw = w
-            m = inp[0] * inp[1] * inp[2] * inp[3] * cout_g * kh * kw
-        if m <= 0:
-            raise ValueError(f"{node.name}: shape inference left unknown dimensions")
-        macs[node.op_type] += m
-        n_nodes[node.op_type] += 1
-    out_shape = shapes[inferred.graph.output[0].name]
-    out_px = out_shape[0] * out_shape[2] * out_shape[3]
-    total = 2 * (macs["Conv"] + macs["ConvTranspose"])
-    return {
-        "model": Path(model_path).name,
-        "tile": tile,
-        "batch": batch,
-        "output_tile": out_shape[2],
-        "gflop_per_pass": total / 1e9,
-        "conv_nodes": n_nodes["Conv"],
-        "convtranspose_nodes": n_nodes["ConvTranspose"],
-        "flops_per_output_px": total / out_px,
-    }
-
+# FLOPs are counted from the ONNX graph (``flops.count_flops``); this is the GEMM ceiling.
 
 def gemm_ceiling(n: int = 2048, repeats: int = 7, threads: int | None = None) -> dict:
     """Median fp32 GFLOP/s of numpy matmul (n x n) @ (n x n)."""
@@ -301,30 +217,6 @@ METHODS = ("unet-deploy", "monai+ort", "monai+torch", "naive", "whole")
 SCHEMA = "unet-deploy-benchmark/1"
 
 
-def unet_from_onnx_weights(model: str | Path):
-    """The PyTorch U-Net with the ONNX file's weights (our exporter keeps the state-dict names,
-    prefixed ``unet.``)."""
-    import onnx
-    import torch
-    from onnx import numpy_helper
-
-    from .model_store import read_onnx
-    from .train.unet import build_unet
-
-    info = read_onnx(model).info
-    net = build_unet(info)
-    proto = onnx.load(str(model))
-    state = {t.name[len("unet."):]: torch.from_numpy(numpy_helper.to_array(t).copy())
-             for t in proto.graph.initializer if t.name.startswith("unet.")}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError:
-        from .backends.torch_cuda import unet_from_onnx  # graph-order loader
-
-        net, _ = unet_from_onnx(model)
-    return net.eval()
-
-
 class HaloPredictor:
     """Adapts a valid-convolution U-Net to MONAI's same-size predictor contract.
 
@@ -415,7 +307,9 @@ class Peers:
         if self._torch is None:
             import torch
 
-            self._torch = unet_from_onnx_weights(self.model)
+            from .train.unet import unet_from_onnx
+
+            self._torch, _ = unet_from_onnx(self.model)
             x = torch.zeros(1, self.info.in_channels, self.tile, self.tile)
             best = None
             for n in sorted({1, self.threads or os.cpu_count() or 1}):
@@ -598,6 +492,7 @@ def run_benchmark(quick: bool = True, out_dir: Path | str = "benchmark-results",
     BBBC039 mosaic (a synthetic image when the data is absent), 3 repeats — under 2 minutes on
     2 cores. Full: the base-16 depth-4 paper U-Net at tile 764 on a 2000x2000 mosaic, 5 repeats.
     Writes ``benchmark.json`` and ``benchmark.md`` to ``out_dir`` and returns the dict."""
+    from .flops import count_flops
     from .model_store import read_onnx
 
     out_dir = Path(out_dir)

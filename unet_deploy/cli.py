@@ -176,7 +176,7 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite"),
 ):
     """Export a checkpoint to a self-describing ONNX file (parity-checked against PyTorch)."""
-    from .exporting import export_checkpoint
+    from .export import export_checkpoint
 
     typer.echo(export_checkpoint(checkpoint, out, tile=tile, overwrite=overwrite).summary())
 

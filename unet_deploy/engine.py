@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendError, ModelError, ModelNotFoundError
-from .exporting import file_sha256
+from .model_store import file_sha256
 
 MANIFEST_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -167,3 +168,12 @@ def _check_io(path: str, sess, info: ModelInfo) -> None:
 
 def load_model(name_or_path: str | Path | None = None) -> ModelFile:
     return read_onnx(resolve_model(name_or_path))
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (model and engine identity in manifests and reports)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

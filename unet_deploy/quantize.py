@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelError, OutputError
-from .exporting import file_sha256
+from .model_store import file_sha256
 
 QUANT_METADATA_KEY = "unet_deploy_quantization"
 DEFAULT_MIN_AGREEMENT = 0.995

@@ -18,22 +18,12 @@ TILE, OUT = 92, 52  # depth-2 U-Net
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    import torch
+    from unet_deploy.testing import random_unet_onnx
 
-    from unet_deploy.export import export_onnx
-    from unet_deploy.metadata import ModelInfo
-    from unet_deploy.train.unet import build_unet
-
-    torch.manual_seed(0)
-    info = ModelInfo(name="tiny", depth=2, base=4, tile=TILE,
-                     classes=["background", "interior", "border"])
-    net = build_unet(info).eval()
-    with torch.no_grad():  # decisive, non-trivial outputs: random biases, larger head
-        for name, p in net.named_parameters():
-            if name.endswith("bias"):
-                p.uniform_(-0.1, 0.1)
-        net.head.weight.mul_(4)
-    return export_onnx(net, info, tmp_path_factory.mktemp("m") / "tiny.onnx")
+    # decisive, non-trivial outputs: random biases, larger head
+    return random_unet_onnx(tmp_path_factory.mktemp("m") / "tiny.onnx", tile=TILE,
+                            classes=["background", "interior", "border"],
+                            instance_scheme="none", bias_range=0.1, head_gain=4)
 
 
 @pytest.fixture(scope="session")
@@ -281,8 +271,8 @@ def test_probes_are_cheap_and_sane():
 def test_torch_mapping_rejects_foreign_graph(tmp_path, tiny_model):
     import onnx
 
-    from unet_deploy.backends.torch_cuda import unet_from_onnx
     from unet_deploy.errors import ModelError
+    from unet_deploy.train.unet import unet_from_onnx
     proto = onnx.load(str(tiny_model))
     meta = [p for p in proto.metadata_props if p.key == "unet_deploy"][0]
     meta.value = meta.value.replace('"depth": 2', '"depth": 3')

@@ -8,7 +8,9 @@ import tifffile
 
 torch = pytest.importorskip("torch")
 
-from unet_deploy.train.trainer import TrainConfig, load_checkpoint, load_unet, train  # noqa: E402
+from unet_deploy.export import load_checkpoint  # noqa: E402
+from unet_deploy.export import load_training_checkpoint as load_unet  # noqa: E402
+from unet_deploy.train.trainer import TrainConfig, train  # noqa: E402
 
 
 def discs(rng, shape=(96, 120), n=6):

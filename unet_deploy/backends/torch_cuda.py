@@ -1,12 +1,6 @@
-"""PyTorch backend: the U-Net rebuilt from the ONNX file itself (one artifact).
-
-The architecture comes from the file's ``unet_deploy`` metadata (depth, base, channels, classes,
-padding); the weights from its initializers. Conv/ConvTranspose nodes are taken in graph order,
-which is the forward order of ``train.unet.UNet`` (down blocks, bottom, then per level
-up-convolution + two convolutions, head); every tensor's shape is checked against the module it
-is mapped onto, so a file that is not this U-Net fails at load with a clear message. Batch norm
-was folded into the convolutions by the exporter, so the net is rebuilt without batch norm and
-with conv biases.
+"""PyTorch backend: the U-Net rebuilt from the ONNX file itself (one artifact), by
+``train.unet.unet_from_onnx``; a file that is not a unet-deploy U-Net fails at load with a
+clear message.
 
 On CUDA: fp16 / bf16 weights and activations (softmax in float32), channels_last memory format,
 and CUDA graphs (one captured graph per input shape; replays skip the Python and launch
@@ -20,93 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, ModelError
+from ..errors import BackendError
 from ..model_store import read_onnx
 from .base import Backend
 
 DTYPES = ("fp32", "fp16", "bf16")
-
-
-def _initializers(proto) -> dict:
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in proto.graph.initializer}
-    # TorchScript export may route shared parameters through Identity nodes
-    alias = {n.output[0]: n.input[0] for n in proto.graph.node
-             if n.op_type == "Identity" and n.input[0] in inits}
-
-    def get(name):
-        name = alias.get(name, name)
-        return numpy_helper.to_array(inits[name]) if name in inits else None
-
-    return get
-
-
-def unet_from_onnx(path: str | Path):
-    """(UNet in eval mode, ModelInfo) with the weights of the ONNX file at ``path``."""
-    import dataclasses
-
-    import onnx
-    import torch
-    from torch import nn
-
-    from ..train.unet import build_unet
-
-    path = Path(path)
-    info = read_onnx(path).info
-    if info.format_version != 1:
-        raise ModelError(f"{path}: metadata format {info.format_version} not supported")
-    proto = onnx.load(str(path))
-    get = _initializers(proto)
-    convs = [n for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose")]
-    model = build_unet(dataclasses.replace(info, batch_norm=False, dropout=0.0))
-    modules = [m for m in _forward_order(model)]
-    if len(convs) != len(modules):
-        raise ModelError(f"{path}: graph has {len(convs)} convolutions, a depth-{info.depth} "
-                         f"U-Net has {len(modules)}; the torch backend can only rebuild "
-                         f"unet-deploy U-Nets (use --backend onnxruntime)")
-    state = {}
-    for node, (name, mod) in zip(convs, modules):
-        kind = "ConvTranspose" if isinstance(mod, nn.ConvTranspose2d) else "Conv"
-        if node.op_type != kind:
-            raise ModelError(f"{path}: node {node.name} is {node.op_type}, expected {kind} for "
-                             f"{name}")
-        w = get(node.input[1])
-        b = get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if w is None:
-            raise ModelError(f"{path}: weights of {node.name} are not constant initializers")
-        if tuple(w.shape) != tuple(mod.weight.shape):
-            raise ModelError(f"{path}: {node.name} weight {tuple(w.shape)} does not fit {name} "
-                             f"{tuple(mod.weight.shape)}")
-        state[f"{name}.weight"] = torch.from_numpy(np.array(w, np.float32))
-        state[f"{name}.bias"] = torch.from_numpy(np.array(b, np.float32)) if b is not None \
-            else torch.zeros(mod.weight.shape[1 if kind == "ConvTranspose" else 0])
-    missing = set(model.state_dict()) - set(state)
-    if missing:
-        raise ModelError(f"{path}: no weights for {sorted(missing)[:3]}")
-    model.load_state_dict(state)
-    return model.eval(), info
-
-
-def _forward_order(model):
-    """(state-dict prefix, module) of every conv in the order forward() runs them."""
-    from torch import nn
-
-    out = []
-
-    def convs(prefix, seq):
-        for i, m in enumerate(seq):
-            if isinstance(m, nn.Conv2d):
-                out.append((f"{prefix}.{i}", m))
-
-    for i, block in enumerate(model.down):
-        convs(f"down.{i}", block)
-    convs("bottom", model.bottom)
-    for i, (up, conv) in enumerate(zip(model.up, model.up_conv)):
-        out.append((f"up.{i}", up))
-        convs(f"up_conv.{i}", conv)
-    out.append(("head", model.head))
-    return out
 
 
 def cuda_available() -> bool:
@@ -153,6 +65,8 @@ class TorchBackend(Backend):
                       "bf16": torch.bfloat16}[self.dtype_name]
         if self.device.type == "cpu" and self.dtype != torch.float32:
             raise BackendError("torch backend: fp16/bf16 are for CUDA; use dtype='fp32' on CPU")
+        from ..train.unet import unet_from_onnx
+
         model, _ = unet_from_onnx(self.path)
         model = model.to(self.device, self.dtype)
         if self.channels_last:

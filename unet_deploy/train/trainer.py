@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..export import export_onnx, load_checkpoint, unet_from_checkpoint
 from ..metadata import ModelInfo, Normalization
 from .augment import random_augment
 from .data import Sample, load_pairs, split
-from .unet import UNet, build_unet
+from .unet import build_unet
 from .weights import three_class_target, unet_weight_map
 
 SCHEMES = {
@@ -168,11 +169,6 @@ def append_log(out: Path, entry: dict) -> None:
         log.write(json.dumps(entry) + "\n")
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Checkpoints hold tensors and plain values only, so no pickle code ever runs."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def sample_batch(prepared: list[Prepared], cfg: TrainConfig, out_size: int, rng):
     """A batch of augmented (image, target, weights) tiles as tensors."""
     xs, ys, ws = [], [], []
@@ -258,21 +254,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
 def finish(out: Path, info: ModelInfo, cfg: TrainConfig) -> dict:
     """Export the best checkpoint to ONNX and report its validation metrics."""
-    from ..export import export_onnx
-
     ck = load_checkpoint(out / "best.pt")
-    model = build_unet(info)
-    model.load_state_dict(ck["model"])
-    model.eval()
+    model, _ = unet_from_checkpoint(ck, out / "best.pt")
     path = export_onnx(model, info, out / f"{cfg.name}.onnx")
     result = {"onnx": str(path), "step": ck["step"], "metrics": json.loads(ck["metrics"])}
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
-
-def load_unet(checkpoint: str | Path) -> tuple[UNet, ModelInfo]:
-    ck = load_checkpoint(Path(checkpoint))
-    info = ModelInfo.from_json(ck["info"])
-    model = build_unet(info)
-    model.load_state_dict(ck["model"])
-    return model.eval(), info
