@@ -26,10 +26,14 @@ def instance_classes(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
     return labels
 
 
-def to_instances(labels: np.ndarray, info: ModelInfo) -> np.ndarray:
+def to_instances(labels: np.ndarray, info: ModelInfo, min_size: int | None = None) -> np.ndarray:
+    """Class map → uint32 instance labels by ``info.instance_scheme``; objects smaller than
+    ``min_size`` pixels (default ``info.min_object_size``) are dropped."""
     from .instances import instances_from_binary, instances_from_three_class
 
+    if min_size is None:
+        min_size = info.min_object_size
     if info.instance_scheme == "three_class":
-        return instances_from_three_class(labels, min_size=info.min_object_size).astype(np.uint32)
+        return instances_from_three_class(labels, min_size=min_size).astype(np.uint32)
     return instances_from_binary(labels == info.out_channels - 1,
-                                 min_size=info.min_object_size).astype(np.uint32)
+                                 min_size=min_size).astype(np.uint32)

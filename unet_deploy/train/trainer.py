@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..export import export_onnx, load_checkpoint, unet_from_checkpoint
 from ..metadata import ModelInfo, Normalization
+from ..postprocess import to_instances
 from .augment import random_augment
 from .data import Sample, load_pairs, split
 from .unet import build_unet
@@ -24,6 +25,10 @@ SCHEMES = {
     "three_class": ["background", "interior", "border"],
     "binary": ["background", "foreground"],
 }
+# Validation scores keep their definition: during training, binary objects are not size-filtered
+# and three-class ones drop objects under 10 px (a deployed model's min_object_size is tuned
+# after training, see scripts/make_card.py).
+VAL_MIN_OBJECT_SIZE = {"three_class": 10, "binary": 0}
 
 
 @dataclass
@@ -116,7 +121,7 @@ def evaluate(model, val: list[Sample], info: ModelInfo, scheme: str) -> dict:
     scores: dict[str, list[float]] = {}
     for s in val:
         labels = predict_probs(model, s.image, info).argmax(0)
-        pred = labels_to_instances(labels, scheme)
+        pred = to_instances(labels, info, min_size=VAL_MIN_OBJECT_SIZE[scheme])
         res = {"f1@0.5": instance_f1(s.instances, pred, (0.5,))[0.5],
                "fg_iou": foreground_iou(s.instances > 0, pred > 0)}
         if scheme == "binary":
@@ -126,14 +131,6 @@ def evaluate(model, val: list[Sample], info: ModelInfo, scheme: str) -> dict:
             scores.setdefault(k, []).append(float(v))
     model.train()
     return {k: float(np.mean(v)) for k, v in scores.items()}
-
-
-def labels_to_instances(labels: np.ndarray, scheme: str) -> np.ndarray:
-    from ..instances import instances_from_binary, instances_from_three_class
-
-    if scheme == "three_class":
-        return instances_from_three_class(labels)
-    return instances_from_binary(labels == 1)
 
 
 def score_of(metrics: dict, scheme: str) -> float:
