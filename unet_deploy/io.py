@@ -9,6 +9,9 @@ contiguous and uncompressed, and ``.read_rows(y0, y1)`` reads and decodes only t
 tiles that intersect rows ``[y0, y1)`` (file bytes via the TiffFile's file handle, decoding
 via ``TiffPage.decode``, tifffile's per-segment decoder), never the whole page.
 
+``read_image(path)`` is the one whole-image read, for images that fit in memory by design
+(training pairs, calibration images, evaluation sets): TIFF, PNG, JPEG or ``.npy``.
+
 Output
 ------
 ``check_output`` refuses unusable output paths before any work is done, and
@@ -38,6 +41,7 @@ __all__ = [
     "TiffBandWriter",
     "check_output",
     "open_image",
+    "read_image",
 ]
 
 # Series whose name says they are not the main image (whole-slide formats).
@@ -174,6 +178,37 @@ def _check_ifd_chain(path: Path, size: int, max_ifds: int = 10_000_000) -> None:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def read_image(path: str | os.PathLike, first_plane: bool = False) -> np.ndarray:
+    """The whole image file at ``path`` as one array: TIFF via tifffile (all pages, so a stack
+    stays a stack), PNG/JPEG via imagecodecs, ``.npy`` via ``np.load`` (no pickles).
+
+    ``first_plane`` reduces a stack to its first plane: leading axes are dropped until the
+    array is (H, W) or (H, W, C) with C in 1, 3, 4. Raises InputNotFoundError for a missing
+    file and InputError for one that cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: image file not found; check the path")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path)
+        elif suffix in (".png", ".jpg", ".jpeg"):
+            import imagecodecs
+
+            arr = imagecodecs.imread(str(path))
+        else:
+            arr = _tifffile().imread(str(path))
+    except Exception as exc:  # tifffile/imagecodecs/numpy errors: corrupt, truncated, not an image
+        raise InputError(f"{path}: cannot read image ({_one_line(exc)}); expected a TIFF, PNG, "
+                         f"JPEG or .npy file, check it is not truncated") from exc
+    if arr.size == 0:  # tifffile warns and returns an empty array for a broken first IFD
+        raise InputError(f"{path}: cannot read image (no pixel data); check the file is not "
+                         f"truncated or corrupt")
+    while first_plane and (arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4))):
+        arr = arr[0]
+    return arr
 
 
 def _series_plane_pixels(s) -> int:

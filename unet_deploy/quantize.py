@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelError, OutputError
+from .io import read_image
 from .model_store import file_sha256
 
 QUANT_METADATA_KEY = "unet_deploy_quantization"
@@ -83,24 +84,6 @@ def gate_report(reference: np.ndarray, candidate: np.ndarray,
 
 # ----------------------------------------------------------------- calibration data
 
-def _read_image(path: str | Path) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        from .errors import InputNotFoundError
-        raise InputNotFoundError(f"{path}: calibration image not found")
-    if path.suffix.lower() == ".npy":
-        return np.load(path)
-    import tifffile
-
-    try:
-        arr = tifffile.imread(path)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read calibration image ({exc})") from None
-    while arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
-        arr = arr[0]  # first plane of a stack
-    return arr
-
-
 def expand_calibration(items) -> list[Path]:
     """Files, directories (their .tif/.tiff/.npy files) or glob patterns → sorted paths."""
     import glob
@@ -138,7 +121,7 @@ def calibration_tiles(images, info, tile: int | None = None, n_tiles: int = 32,
         sources = [sources[i] for i in sorted(rng.choice(len(sources), n_tiles, replace=False))]
     out = []
     for src in sources:
-        img = src if isinstance(src, np.ndarray) else _read_image(src)
+        img = src if isinstance(src, np.ndarray) else read_image(src, first_plane=True)
         reader = ArrayReader(np.asarray(img))
         plan = plan_tiles(reader.height, reader.width, info.geometry, tile, shrink=False)
         prep = preprocess_for(reader, info, str(src) if not isinstance(src, np.ndarray)

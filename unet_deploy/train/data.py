@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError, InputNotFoundError
+from ..io import read_image
 from ..metadata import Normalization
 from ..normalize import image_offset_scale
 
@@ -22,16 +23,6 @@ class Sample:
     instances: np.ndarray  # int32 (H, W), 0 = background, 1..N objects
 
 
-def _read(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".png":
-        import imagecodecs
-
-        return imagecodecs.imread(str(path))
-    import tifffile
-
-    return tifffile.imread(str(path))
-
-
 def read_planes(path: Path) -> tuple[list[str], list[np.ndarray]]:
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such file or folder")
@@ -39,8 +30,8 @@ def read_planes(path: Path) -> tuple[list[str], list[np.ndarray]]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise InputError(f"{path}: no .tif/.tiff/.png files found")
-        return [p.stem for p in files], [_read(p) for p in files]
-    stack = _read(path)
+        return [p.stem for p in files], [read_image(p) for p in files]
+    stack = read_image(path)
     if stack.ndim == 2:
         return [path.stem], [stack]
     return [f"{path.stem}[{i}]" for i in range(len(stack))], list(stack)
