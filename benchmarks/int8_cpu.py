@@ -37,7 +37,8 @@ def main():
     import onnxruntime as ort
 
     from unet_deploy.model_store import read_onnx
-    from unet_deploy.quantize import calibration_tiles, gate_report, quantize_int8, run_onnx
+    from unet_deploy.gate import DEFAULT_MIN_AGREEMENT, gate_report, run_onnx
+    from unet_deploy.quantize import calibration_tiles, quantize_int8
 
     tmp = Path(tempfile.mkdtemp(prefix="int8bench"))
     fp32 = tmp / "model.onnx"
@@ -58,7 +59,7 @@ def main():
     build_s = time.perf_counter() - t0
     # gate on held-out images too (the build's own gate uses the calibration tiles)
     ev = calibration_tiles(held_out[:8], info, info.tile, 8, seed=1)
-    held = gate_report(run_onnx(fp32, ev), run_onnx(res.path, ev), 0.995)
+    held = gate_report(run_onnx(fp32, ev), run_onnx(res.path, ev), DEFAULT_MIN_AGREEMENT)
 
     def session(p):
         o = ort.SessionOptions()

@@ -9,9 +9,12 @@ import types
 import numpy as np
 import pytest
 
-from unet_deploy import engine as E
-from unet_deploy.engine import (EngineCache, Environment, Manifest, cast_onnx, check_manifest,
-                                manifest_path, read_manifest, rebuild_command)
+from unet_deploy import engine_build
+from unet_deploy import engines as E
+from unet_deploy.cli import build_for_output
+from unet_deploy.engine_build import cast_onnx
+from unet_deploy.engines import (EngineCache, Environment, Manifest, check_manifest,
+                                 manifest_path, read_manifest, rebuild_command)
 from unet_deploy.errors import ModelError, ModelNotFoundError
 from unet_deploy.model_store import file_sha256
 
@@ -200,8 +203,9 @@ def test_real_tensorrt_build_and_load(tmp_path, tiny_onnx):
     import torch
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    res = E.build_engine(tiny_onnx, tmp_path / "m.engine", precision="fp16", batch=2,
-                         tile=92, timing_cache=tmp_path / "tc.bin", min_agreement=0.99)
+    res = engine_build.build_engine(tiny_onnx, tmp_path / "m.engine", precision="fp16",
+                                    batch=2, tile=92, timing_cache=tmp_path / "tc.bin",
+                                    min_agreement=0.99)
     assert (tmp_path / "tc.bin").stat().st_size > 0
     runtime, eng, m = E.deserialize(res.engine, onnx_path=tiny_onnx)
     assert m.gate["passed"] and m.precision == "fp16"
@@ -211,11 +215,11 @@ def test_build_dispatch_onnx_output_is_cpu_int8(tiny_onnx, tmp_path):
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 3000, (150, 170)).astype(np.uint16)]
     with pytest.raises(ModelError, match="needs --precision int8"):
-        E.build(tiny_onnx, tmp_path / "m.int8.onnx", precision="fp16")
-    res = E.build(tiny_onnx, tmp_path / "m.int8.onnx", precision="int8", calibration=imgs,
-                  min_agreement=0.0)
+        build_for_output(tiny_onnx, tmp_path / "m.int8.onnx", precision="fp16")
+    res = build_for_output(tiny_onnx, tmp_path / "m.int8.onnx", precision="int8",
+                           calibration=imgs, min_agreement=0.0)
     assert res.path.is_file() and "gate pass" in res.summary()
     if importlib.util.find_spec("tensorrt") is None:
         from unet_deploy.errors import BackendError
         with pytest.raises(BackendError, match="TensorRT is not installed"):
-            E.build(tiny_onnx, tmp_path / "m.engine", precision="fp16")
+            build_for_output(tiny_onnx, tmp_path / "m.engine", precision="fp16")

@@ -8,10 +8,11 @@ import onnx
 import pytest
 
 from unet_deploy.errors import InputError, ModelError
+from unet_deploy.gate import gate_report
 from unet_deploy.metadata import METADATA_KEY
 from unet_deploy.model_store import read_onnx
 from unet_deploy.quantize import (QUANT_METADATA_KEY, calibration_tiles, default_int8_path,
-                                  gate_report, quantize_int8)
+                                  quantize_int8)
 
 IMAGES = sorted(glob.glob("/work/shared/data/bbbc039/images/*.tif"))[:3]
 

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from .errors import EXIT_CODES, UnetDeployError
+from .gate import DEFAULT_MIN_AGREEMENT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Paper-faithful U-Net: train, export, and segment huge images seamlessly.")
@@ -181,6 +182,28 @@ def export(
     typer.echo(export_checkpoint(checkpoint, out, tile=tile, overwrite=overwrite).summary())
 
 
+def build_for_output(model, out, *, precision: str = "fp16", batch: int = 8,
+                     tile: int | None = None, calibration=None, timing_cache=None,
+                     min_agreement: float = DEFAULT_MIN_AGREEMENT, overwrite: bool = False):
+    """``build-engine``'s routing by output suffix: ``-o X.onnx`` is the CPU INT8 model
+    (``quantize.QuantizeResult``), anything else a TensorRT engine (``engine_build.BuildResult``);
+    both results have ``.summary()``."""
+    out = Path(out)
+    if out.suffix == ".onnx":
+        if precision != "int8":
+            from .errors import ModelError
+            raise ModelError(f"{out}: an .onnx output is the CPU INT8 model and needs "
+                             f"--precision int8 (got {precision}); use -o MODEL.engine for a "
+                             f"TensorRT engine")
+        from .quantize import quantize_int8
+        return quantize_int8(model, out, calibration=calibration or (), tile=tile,
+                             min_agreement=min_agreement, overwrite=overwrite)
+    from .engine_build import build_engine as build_tensorrt_engine
+    return build_tensorrt_engine(model, out, precision=precision, batch=batch, tile=tile,
+                                 calibration=calibration, timing_cache=timing_cache,
+                                 min_agreement=min_agreement, overwrite=overwrite)
+
+
 @app.command("build-engine")
 @cli_errors
 def build_engine(
@@ -194,16 +217,14 @@ def build_engine(
                                                     help="Images for INT8 calibration and the "
                                                          "accuracy gate (files, folders, globs)."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache"),
-    min_agreement: float = typer.Option(0.995, "--min-agreement",
+    min_agreement: float = typer.Option(DEFAULT_MIN_AGREEMENT, "--min-agreement",
                                         help="Accuracy gate: label agreement with fp32."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ):
     """Build a TensorRT engine (GPU) or a CPU INT8 ONNX model, gated on accuracy vs fp32."""
-    from .engine import build
-
-    result = build(model, out, precision=precision, batch=batch, tile=tile,
-                   calibration=calibration, timing_cache=timing_cache,
-                   min_agreement=min_agreement, overwrite=overwrite)
+    result = build_for_output(model, out, precision=precision, batch=batch, tile=tile,
+                              calibration=calibration, timing_cache=timing_cache,
+                              min_agreement=min_agreement, overwrite=overwrite)
     typer.echo(result.summary())
 
 

@@ -1,85 +1,29 @@
-"""CPU INT8 models (ONNX Runtime static Q/DQ quantization) and the accuracy gate.
-
-``quantize_int8(model.onnx, model.int8.onnx, calibration=[images...])``:
-
-1. calibration tiles are cut from the user's own images exactly as ``segment`` would feed them
-   (the model's channel mix and normalization, mirror-padded overlap tiles at the model tile);
-2. ``onnxruntime.quantization.quantize_static`` in QDQ format, per-channel int8 weights,
-   MinMax-calibrated activations, the final Softmax left in float32;
-3. the int8 model is compared with the float32 model on the same tiles (the *accuracy gate*):
-   per-pixel label agreement (argmax) and max/mean absolute probability error. Below
-   ``min_agreement`` the build fails and nothing is written;
-4. the output carries the same ``unet_deploy`` metadata (so ``segment --model model.int8.onnx``
-   works unchanged) plus ``unet_deploy_quantization`` with the gate report.
-
-Why 99.5 % label agreement by default: label flips can only happen where the float32 model is
-itself undecided (p ≈ 0.5), i.e. on the one-pixel rim of object boundaries. For nuclei at the
-sizes in BBBC039 those rims are a few percent of all pixels; 0.5 % disagreement is at most a
-fraction of that rim, well below the boundary-placement disagreement between human annotators,
-and it leaves instance counts and IoU-matched F1 practically unchanged. A precision loss that
-flips more than that is no longer "the same model".
+"""CPU INT8 models: ``quantize_int8(model.onnx, model.int8.onnx, calibration=[images...])``
+cuts calibration tiles from the user's own images exactly as ``segment`` would feed them (the
+model's channel mix and normalization, mirror-padded overlap tiles at the model tile), quantizes
+with ``onnxruntime.quantization.quantize_static`` (QDQ format, per-channel int8 weights,
+MinMax-calibrated activations, the final Softmax left in float32), passes the result through the
+accuracy gate (``gate``; below ``min_agreement`` the build fails and nothing is written) and
+writes it with the same ``unet_deploy`` metadata (so ``segment --model model.int8.onnx`` works
+unchanged) plus ``unet_deploy_quantization`` with the gate report. The calibration tiles and the
+Q/DQ graph are also what the TensorRT builder (``engine_build``) uses for strongly typed INT8.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError, ModelError, OutputError
+from .gate import DEFAULT_MIN_AGREEMENT, GateReport, gate_report, run_onnx
 from .io import read_image
 from .model_store import file_sha256
 
 QUANT_METADATA_KEY = "unet_deploy_quantization"
-DEFAULT_MIN_AGREEMENT = 0.995
-
-
-# ------------------------------------------------------------------------ gate
-
-@dataclass
-class GateReport:
-    tiles: int
-    pixels: int
-    label_agreement: float
-    max_abs_error: float
-    mean_abs_error: float
-    min_agreement: float
-    passed: bool
-
-    def summary(self) -> str:
-        verdict = "pass" if self.passed else "FAIL"
-        return (f"{verdict}: label agreement {100 * self.label_agreement:.3f}% "
-                f"(required >= {100 * self.min_agreement:.2f}%) on {self.tiles} tiles / "
-                f"{self.pixels} px, probability error max {self.max_abs_error:.4f} mean "
-                f"{self.mean_abs_error:.5f}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["summary"] = self.summary()
-        return d
-
-
-def gate_report(reference: np.ndarray, candidate: np.ndarray,
-                min_agreement: float = DEFAULT_MIN_AGREEMENT) -> GateReport:
-    """Compare probabilities (N, K, h, w) of a reduced-precision model with float32's."""
-    reference = np.asarray(reference, np.float32)
-    candidate = np.asarray(candidate, np.float32)
-    if reference.shape != candidate.shape:
-        raise ModelError(f"accuracy gate: output shapes differ {reference.shape} vs "
-                         f"{candidate.shape}")
-    agree = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
-    diff = np.abs(reference - candidate)
-    finite = bool(np.isfinite(candidate).all())
-    if not finite:
-        agree = 0.0
-    return GateReport(tiles=int(reference.shape[0]),
-                      pixels=int(reference.shape[0] * reference.shape[2] * reference.shape[3]),
-                      label_agreement=agree, max_abs_error=float(np.nanmax(diff)),
-                      mean_abs_error=float(np.nanmean(diff)), min_agreement=float(min_agreement),
-                      passed=bool(finite and agree >= min_agreement))
 
 
 # ----------------------------------------------------------------- calibration data
@@ -150,19 +94,6 @@ class TileReader:
 
     def rewind(self):
         self.pos = 0
-
-
-def run_onnx(model, tiles: np.ndarray, batch: int = 4, threads: int = 0) -> np.ndarray:
-    """Probabilities of an ONNX model (path or bytes) on ``tiles`` with ONNX Runtime CPU."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(model) if isinstance(model, Path) else model, opts,
-                                providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: tiles[i : i + batch]})[0]
-                           for i in range(0, len(tiles), batch)])
 
 
 # -------------------------------------------------------------------- quantization

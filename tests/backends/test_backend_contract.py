@@ -192,7 +192,7 @@ class TestTensorRT(BackendContract):
         if importlib.util.find_spec("tensorrt") is None:
             pytest.skip("TensorRT is not installed")
         _need_cuda()
-        from unet_deploy.engine import build_engine
+        from unet_deploy.engine_build import build_engine
         res = build_engine(tiny_model, tmp_path / "tiny.engine", precision="fp16", batch=4,
                            tile=TILE, min_agreement=0.99)
         b = B.open_backend(res.engine)

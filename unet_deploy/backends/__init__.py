@@ -74,7 +74,7 @@ def ort_providers() -> tuple[str, ...]:
 
 def _engine_for(model: Path) -> tuple[Path | None, str]:
     """A ready engine for an ONNX model (sibling .engine or engine cache), or a reason."""
-    from .. import engine as E
+    from .. import engines as E
 
     try:
         env = E.current_environment()

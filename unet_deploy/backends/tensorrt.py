@@ -1,6 +1,6 @@
 """TensorRT backend: runs a ``.engine`` built by ``unet-deploy build-engine``.
 
-Loading is fail-closed (``engine.deserialize``: manifest, TensorRT version, GPU, engine sha256;
+Loading is fail-closed (``engines.deserialize``: manifest, TensorRT version, GPU, engine sha256;
 ``None`` from deserialization → ModelError with the rebuild command).
 
 CUDA memory and streams come from ``torch.cuda`` (chosen over cuda-python because the GPU
@@ -46,7 +46,7 @@ class TensorRTBackend(Backend):
     def __init__(self, engine_path: str | Path, onnx_path: str | Path | None = None,
                  env=None):
         super().__init__()
-        from .. import engine as E
+        from .. import engines as E
 
         self.path = Path(engine_path)
         self.onnx_path = onnx_path
@@ -60,12 +60,12 @@ class TensorRTBackend(Backend):
         import tensorrt as trt
         import torch
 
-        from .. import engine as E
+        from .. import engines as E
 
         self.runtime, self.engine, self.manifest = E.deserialize(self.path, self.env,
                                                                  self.onnx_path)
         self.device = torch.device("cuda", torch.cuda.current_device())
-        self.iname, self.oname = E._io_names(trt, self.engine)
+        self.iname, self.oname = E.io_names(trt, self.engine)
         self.local = threading.local()
 
     def _deactivate(self) -> None:
