@@ -125,3 +125,21 @@ def test_no_private_names_imported_across_modules():
                 bad += [f"{name} imports {target}.{n}" for n in names
                         if n.startswith("_") and not n.startswith("__")]
     assert not bad, "; ".join(bad)
+
+
+def test_readme_layout_table_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("\n## ", 5)]
+    missing = []
+    for name, path in MODULES.items():
+        if not name.startswith("unet_deploy.") or name.startswith("unet_deploy.kernels"):
+            continue
+        parts = name.split(".")
+        if len(parts) > 2 or _is_package(name):  # the subpackage's row covers its modules
+            if f"unet_deploy/{parts[1]}/" not in layout:
+                missing.append(name)
+        elif f"{path.name}`" not in layout:
+            missing.append(name)
+    assert not missing, ("README.md's layout table lacks these modules (add a row saying "
+                         "each one's job): " + ", ".join(missing))
