@@ -47,3 +47,13 @@ def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def publish(lines: list[str], name: str, write: bool = True) -> str:
+    """Print a results table and, unless ``write`` is off, save it as results/``name``."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / name).write_text(text)
+    return text

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, resolve_or_export  # noqa: E402
+from _common import machine, publish, resolve_or_export  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -70,11 +70,7 @@ def main(argv=None) -> int:
                      f"{p99 * 1e3:.0f} | {mpx:.2f} |")
     lines += ["", "p99 over few frames is close to the maximum; rerun with more --repeats for a "
               "tighter tail."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "latency.md").write_text(text)
+    publish(lines, "latency.md", write=not args.no_write)
     return 0
 
 

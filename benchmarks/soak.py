@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, rss_mb  # noqa: E402
+from _common import machine, publish, rss_mb  # noqa: E402
 
 
 def tiny_model(folder: Path) -> Path:
@@ -128,11 +128,7 @@ def main(argv=None) -> int:
         lines += ["", f"Growth from cycle {marks[min(1, len(marks) - 1)][0]} to {marks[-1][0]}: "
                   f"{marks[-1][1] - base:+.1f} MB "
                   f"({(marks[-1][1] - base) / max(1, marks[-1][0] - marks[min(1, len(marks) - 1)][0]) * 1000:+.1f} kB/cycle)."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "soak.md").write_text(text)
+    publish(lines, "soak.md", write=not args.no_write)
     return 0
 
 
