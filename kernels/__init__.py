@@ -9,16 +9,22 @@ deliberately NOT ``parallel=True``: ONNX Runtime owns the cores, and
 * :mod:`.gather` -- mirrored tile extraction fused with dtype conversion,
   channel mixing and normalisation.
 * :mod:`.stitch` -- writing tiles back (labels, probabilities).
+
+The compiled code is cached outside the installed package (:mod:`.caching`), so an
+uninstall leaves nothing behind that could shadow a later install.
 """
 
-from .gather import gather_tiles, gather_tiles_numpy
-from .mirror import mirror_index, mirror_indices
-from .stitch import (
-    stitch_labels,
-    stitch_labels_numpy,
-    stitch_probabilities,
-    stitch_probabilities_numpy,
-)
+from .caching import cache_outside_package
+
+with cache_outside_package():
+    from .gather import gather_tiles, gather_tiles_numpy
+    from .mirror import mirror_index, mirror_indices
+    from .stitch import (
+        stitch_labels,
+        stitch_labels_numpy,
+        stitch_probabilities,
+        stitch_probabilities_numpy,
+    )
 
 __all__ = [
     "mirror_index",
