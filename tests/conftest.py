@@ -53,3 +53,29 @@ def real_crop() -> np.ndarray:
     import tifffile
 
     return tifffile.imread(EXAMPLES / "bbbc039_crop.tif")
+
+
+@pytest.fixture(scope="session")
+def nan_zero_reference():
+    return _nan_zero_reference
+
+
+def _nan_zero_reference(model, image: np.ndarray) -> np.ndarray:
+    """Labels the README promises for ``--nan-policy zero``: NaN/Inf pixels fed to the network as
+    raw value 0, the normalization percentiles taken from the finite pixels only (computed here
+    with np.percentile on the whole image, independently of ``normalize``)."""
+    from unet_deploy.backends import open_backend
+    from unet_deploy.normalize import Preprocess
+    from unet_deploy.pipeline import plane_bands
+    from unet_deploy.readers import ArrayReader
+    from unet_deploy.tiling import plan_tiles
+
+    finite = np.isfinite(image.astype(np.float32))
+    filled = np.where(finite, image, 0).astype(np.float32)
+    with open_backend(model, "onnxruntime-cpu") as be:
+        norm = be.info.normalization
+        lo, hi = np.percentile(image[finite].astype(np.float32), [norm.low, norm.high])
+        prep = Preprocess(np.ones((1, 1), np.float32), np.array([lo], np.float32),
+                          np.array([1.0 / (hi - lo)], np.float32))
+        plan = plan_tiles(*image.shape[:2], be.info.geometry, be.info.tile)
+        return np.concatenate(list(plane_bands(ArrayReader(filled), plan, be, prep)))

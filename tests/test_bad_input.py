@@ -199,7 +199,7 @@ def test_multi_series_needs_series(tmp_path, tiny_model, img):
     np.testing.assert_array_equal(out, segment_array(img[::-1].copy(), tiny_model))
 
 
-def test_nan_inf_pixels(tmp_path, tiny_model, img):
+def test_nan_inf_pixels(tmp_path, tiny_model, img, nan_zero_reference):
     f = img.astype(np.float32)
     f[1, 2] = np.nan
     f[3, 4] = np.inf
@@ -211,8 +211,7 @@ def test_nan_inf_pixels(tmp_path, tiny_model, img):
         res, _ = segment(p, tiny_model, "--nan-policy", "bogus")
         assert res.exit_code == 3 and "choose one of error, zero" in res.output
         out = segmented(p, tiny_model, "--nan-policy", "zero")
-        np.testing.assert_array_equal(out, segment_array(np.nan_to_num(f, posinf=0, neginf=0),
-                                                         tiny_model))
+        np.testing.assert_array_equal(out, nan_zero_reference(tiny_model, f))
         for q in (p.parent / "out").iterdir():
             q.unlink()
 

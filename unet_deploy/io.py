@@ -62,6 +62,8 @@ def _tifffile():
 
 
 NAN_POLICIES = ("error", "zero")
+# not TIFF: small by nature, decoded whole by read_image and served as one plane
+WHOLE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 
 
 def open_image(
@@ -92,6 +94,10 @@ def open_image(
         raise InputError(f"{path}: cannot read input file ({exc.strerror}); check permissions") from exc
     if size == 0:
         raise InputError(f"{path}: input file is empty (0 bytes); expected a TIFF image")
+    if path.suffix.lower() in WHOLE_IMAGE_SUFFIXES:  # PNG/JPEG/.npy: decoded whole
+        from .readers import ArraySource
+
+        return ArraySource(read_image(path, first_plane=True), str(path), nan_policy, max_pixels)
     _check_ifd_chain(path, size)
     tifffile = _tifffile()
     try:
@@ -524,7 +530,19 @@ class PlaneReader:
         return seg, (int(idx[0]), int(idx[2]), int(idx[3]))
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
-        """Rows [y0, y1) as a (y1-y0, W, C) array in native byte order."""
+        """Rows [y0, y1) as a (y1-y0, W, C) array in native byte order (after the NaN policy)."""
+        out = self.read_unzeroed_rows(y0, y1)
+        if self._zero_nonfinite:
+            from .normalize import nonfinite_mask
+
+            bad = nonfinite_mask(out)
+            if bad.any():
+                out = np.where(bad, out.dtype.type(0), out)
+        return out
+
+    def read_unzeroed_rows(self, y0: int, y1: int) -> np.ndarray:
+        """``read_rows`` before the NaN policy: non-finite pixels as stored (normalization
+        statistics ignore them rather than count them as 0)."""
         if not (0 <= y0 <= y1 <= self.height):
             raise IndexError(f"rows [{y0}, {y1}) outside 0..{self.height}")
         try:
@@ -581,12 +599,7 @@ class PlaneReader:
         if src.palette:
             idx = out[..., 0]
             return np.take(src.colormap, idx, axis=0, mode="clip").astype(self.dtype, copy=False)
-        out = out.astype(self.dtype, copy=False)  # native byte order; float16 -> float32
-        if self._zero_nonfinite:
-            if not out.flags.writeable:
-                out = out.copy()
-            out[~np.isfinite(out)] = 0
-        return out
+        return out.astype(self.dtype, copy=False)  # native byte order; float16 -> float32
 
     def read(self) -> np.ndarray:
         """The whole plane (H, W, C). Only for planes known to fit in memory."""

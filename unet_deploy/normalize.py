@@ -64,19 +64,24 @@ def channel_mix(c_src: int, c_model: int, where: str = "image") -> np.ndarray:
                      f"convert the image to {c_model} channel(s)")
 
 
-def _bands(reader: Reader, step: int):
+def _bands(reader: Reader, step: int, unzeroed: bool = False):
     """(y0, y1, rows) bands of the plane, ``step`` rows each; mapped pages are released after
-    each band, so a full scan never fills RSS with the plane."""
+    each band, so a full scan never fills RSS with the plane. ``unzeroed``: read through the
+    reader's ``read_unzeroed_rows`` when it has one (rows before its NaN policy zeroed them)."""
     array = getattr(reader, "array", None)
+    read = getattr(reader, "read_unzeroed_rows", None) if unzeroed else None
+    read = read or reader.read_rows
     for y0 in range(0, reader.height, step):
         y1 = min(reader.height, y0 + step)
-        yield y0, y1, (array[y0:y1] if array is not None else reader.read_rows(y0, y1))
+        yield y0, y1, (array[y0:y1] if array is not None else read(y0, y1))
         if array is not None:
             release_mapped_rows(array, y0, y1)
 
 
 def plane_sample(reader: Reader) -> np.ndarray:
-    """A strided sample (h, w, C) of the plane, read band by band unless in memory."""
+    """A strided sample (h, w, C) of the plane, read band by band unless in memory. Non-finite
+    pixels stay in the sample (also for a "zero"-policy reader, through its
+    ``read_unzeroed_rows``), so the statistics can ignore them."""
     sy, sx = sample_rows(reader.height, reader.width)
     array = getattr(reader, "array", None)
     if array is not None and not isinstance(array, np.memmap):
@@ -84,7 +89,19 @@ def plane_sample(reader: Reader) -> np.ndarray:
     # Sampling a memmap faults in most of its pages (readahead): copy the sample band by band
     # and drop each band's pages from RSS right away.
     return np.concatenate([np.array(band[::sy, ::sx])
-                           for _, _, band in _bands(reader, SAMPLE_BAND * sy)])
+                           for _, _, band in _bands(reader, SAMPLE_BAND * sy, unzeroed=True)])
+
+
+def nonfinite_mask(values: np.ndarray) -> np.ndarray:
+    """True where a pixel is NaN/Inf for the network: non-finite, or (float64) beyond the
+    float32 range, which the float32 network would see as Inf. All False for integers."""
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        return np.zeros(values.shape, bool)
+    bad = ~np.isfinite(values)
+    if values.dtype.itemsize > 4:  # finite in float64 but inf once cast to float32
+        bad |= np.abs(values) > np.finfo(np.float32).max
+    return bad
 
 
 def count_nonfinite(reader: Reader) -> int:
@@ -92,19 +109,31 @@ def count_nonfinite(reader: Reader) -> int:
     Inf: the network computes in float32), counted band by band (memory bounded)."""
     if np.dtype(reader.dtype).kind != "f":
         return 0
-    n = 0
-    for _, _, band in _bands(reader, SAMPLE_BAND):
-        n += int(band.size - np.count_nonzero(np.isfinite(band)))
-        if band.dtype.itemsize > 4:  # finite in float64 but inf once cast to float32
-            n += int(np.count_nonzero(np.abs(band) > np.finfo(np.float32).max))
-    return n
+    return sum(int(np.count_nonzero(nonfinite_mask(band)))
+               for _, _, band in _bands(reader, SAMPLE_BAND))
+
+
+def sample_statistics_input(sample: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """The sample (h, w, C_src) mixed into the model's channels (C_model, h, w) as float32, NaN
+    wherever a source channel that feeds that model channel is non-finite: ``offset_scale``
+    then ignores those pixels (the "zero" NaN policy feeds them to the network as 0, but they
+    must not pull the percentiles towards 0)."""
+    bad = nonfinite_mask(sample)
+    values = np.where(bad, 0, sample).astype(np.float32)
+    mixed = np.einsum("hws,cs->chw", values, mix)
+    if bad.any():
+        feeds = (mix != 0).astype(np.float32)  # (C_model, C_src)
+        mixed[np.einsum("hws,cs->chw", bad.astype(np.float32), feeds) > 0] = np.nan
+    return mixed
 
 
 def preprocess_for(reader: Reader, info: ModelInfo, where: str = "image",
                    nan_policy: str | None = None) -> Preprocess:
     """Channel mix and normalization for one plane. NaN/Inf pixels: with the "error" policy
     (default) the plane is refused, naming the count; with "zero" the reader already returns
-    them as 0 (``open_image(..., nan_policy="zero")``, or the caller cleaned the array)."""
+    them as 0 (``open_image(..., nan_policy="zero")``, or the caller zeroes the array after this
+    call) and the normalization percentiles ignore them: they are computed from the finite
+    pixels only (read through ``read_unzeroed_rows`` where the reader zeroes them itself)."""
     policy = nan_policy or getattr(reader, "nan_policy", "error")
     if policy == "error":
         bad = count_nonfinite(reader)
@@ -112,8 +141,7 @@ def preprocess_for(reader: Reader, info: ModelInfo, where: str = "image",
             raise InputError(f"{where}: {bad} NaN/Inf pixel(s) in a float image; clean the image "
                              f"or pass --nan-policy zero (treats them as 0)")
     mix = channel_mix(reader.channels, info.in_channels, where)
-    sample = plane_sample(reader).astype(np.float32)
-    mixed = np.einsum("hws,cs->chw", sample, mix)
+    mixed = sample_statistics_input(plane_sample(reader), mix)
     pairs = [offset_scale(mixed[c], info.normalization) for c in range(info.in_channels)]
     offset = np.array([p[0] for p in pairs], np.float32)
     scale = np.array([p[1] for p in pairs], np.float32)

@@ -25,7 +25,9 @@ class Reader(Protocol):
     array, a memory-mapped uncompressed TIFF) and its pixels need no rewriting; else None, and
     the pipeline reads bands through ``read_rows``.
     ``nan_policy``: "error" (non-finite pixels refuse the plane) or "zero" (the reader already
-    returns them as 0)."""
+    returns them as 0). A "zero" reader should also offer ``read_unzeroed_rows(y0, y1)`` (the
+    rows before zeroing), so the normalization percentiles can ignore those pixels
+    (``normalize.plane_sample``); without it they count as 0."""
 
     height: int
     width: int
@@ -94,3 +96,62 @@ def check_reader(reader, expected: np.ndarray) -> None:
     if reader.array is not None:
         assert reader.array.shape == (h, w, c) and reader.array.dtype == expected.dtype
         np.testing.assert_array_equal(reader.array, expected, err_msg="array")
+
+
+class ArraySource:
+    """A whole in-memory image (PNG, JPEG, ``.npy``) seen as a one-plane source, with the
+    attributes the pipeline reads from ``io.ImageSource`` (height, width, channels, dtype,
+    lead_shape, n_planes, resolution, ``plane(i)``; a context manager)."""
+
+    def __init__(self, image: np.ndarray, where: str = "image", nan_policy: str = "error",
+                 max_pixels: int | None = None):
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4) and image.shape[0] <= 4:
+            raise InputError(f"{where}: shape {image.shape} looks channel-first; save it as "
+                             f"(H, W, C)")
+        if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:
+            raise InputError(f"{where}: plane of {image.shape[0]}x{image.shape[1]} pixels "
+                             f"exceeds --max-pixels {max_pixels}; raise the limit")
+        if nan_policy == "zero" and image.dtype.kind == "f":
+            image = np.where(np.isfinite(image), image, image.dtype.type(0))
+        self.path, self.nan_policy = where, nan_policy
+        self._reader = ArrayReader(image)
+        self._reader.nan_policy = nan_policy
+        self.height, self.width = self._reader.height, self._reader.width
+        self.channels, self.dtype = self._reader.channels, self._reader.dtype
+        self.lead_shape: tuple[int, ...] = ()
+        self.n_planes = 1
+        self.resolution: dict = {}
+
+    def plane(self, i: int) -> ArrayReader:
+        if i != 0:
+            raise IndexError(f"plane {i} out of range 0..0")
+        return self._reader
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "ArraySource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ChannelReader:
+    """``Reader`` that passes on only some channels of another reader (``--channel``)."""
+
+    def __init__(self, reader: Reader, channels, where: str = "image"):
+        channels = [int(c) for c in channels]
+        bad = [c for c in channels if not 0 <= c < reader.channels]
+        if bad:
+            raise InputError(f"{where}: has channels 0..{reader.channels - 1}, no channel "
+                             f"{bad[0]}; pick --channel from 0 to {reader.channels - 1}")
+        self._reader, self._idx = reader, channels
+        self.height, self.width, self.dtype = reader.height, reader.width, reader.dtype
+        self.channels = len(channels)
+        self.nan_policy = reader.nan_policy
+        self.array = None  # bands through read_rows: a channel view would be strided
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(self._reader.read_rows(y0, y1))[..., self._idx])

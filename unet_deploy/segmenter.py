@@ -434,21 +434,22 @@ class Segmenter:
             else:
                 target = np.dtype(np.float64)  # (u)int32/64: exact (up to 2**53) in float64
             arr = arr.astype(target)
-        if arr.dtype.kind == "f" and self.nan_policy == "zero":
-            bad = ~np.isfinite(arr)
-            if bad.any():
-                arr = np.where(bad, arr.dtype.type(0), arr)
         return arr
 
     def _segment(self, frame, roi, cancel) -> np.ndarray:
-        from .normalize import preprocess_for
+        from .normalize import nonfinite_mask, preprocess_for
         from .pipeline import plane_bands
         from .readers import ArrayReader
 
         arr = self._prepare(frame, roi)
+        # statistics first, from the finite pixels only; then NaN/Inf become 0 (a copy: the
+        # caller's frame is never modified)
+        prep = preprocess_for(ArrayReader(arr), self.info, "frame", nan_policy=self.nan_policy)
+        bad = nonfinite_mask(arr) if self.nan_policy == "zero" else None
+        if bad is not None and bad.any():
+            arr = np.where(bad, arr.dtype.type(0), arr)
         reader = ArrayReader(arr)
         plan = self._plan(reader.height, reader.width)
-        prep = preprocess_for(reader, self.info, "frame", nan_policy="error")
         batch = max(1, min(self.batch_size, plan.n_tiles))
         with self._state_lock:
             self._calls += 1
