@@ -36,6 +36,7 @@ Guarantees
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,17 +52,26 @@ __all__ = ["Segmenter", "SegmentationFuture", "is_out_of_memory"]
 
 # dtypes the gather kernel takes as they are; everything else is converted exactly.
 _KERNEL_DTYPES = {np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64)}
-_OOM_MARKERS = ("out of memory", "outofmemory", "out_of_memory", "failed to allocate",
-                "cudaerrormemoryallocation", "oom")
+# Real out-of-memory signatures only (matched case-insensitively on "TypeName message"): a
+# non-OOM failure misread as OOM would silently halve the batch and fall back to the CPU.
+# PyTorch "CUDA out of memory" / torch.OutOfMemoryError, ONNX Runtime "CUDA failure 2: out of
+# memory" / "Failed to allocate memory for requested buffer", CUDA cudaErrorMemoryAllocation /
+# CUDA_ERROR_OUT_OF_MEMORY, cuDNN/cuBLAS *_STATUS_ALLOC_FAILED, ENOMEM "Cannot allocate memory",
+# C++ std::bad_alloc, TensorRT "GPU memory allocation failed", TensorFlow-style "OOM when
+# allocating". "oom" counts only as a word ("room", "zoom", "bloom" are not OOM).
+_OOM_PATTERN = re.compile(
+    r"out of memory|outofmemory|out_of_memory|cudaerrormemoryallocation|alloc_failed"
+    r"|bad_alloc|(?:failed to|cannot|could not|unable to) allocate memory"
+    r"|failed to allocate \d|memory allocation failed|\boom\b")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True when an exception (or its cause) reads like a device/host out-of-memory error."""
+    """True when an exception (or its cause) is a device/host out-of-memory error: a
+    ``MemoryError``, or a message with a real OOM signature (``_OOM_PATTERN``)."""
     while exc is not None:
         if isinstance(exc, MemoryError):
             return True
-        text = f"{type(exc).__name__} {exc}".lower()
-        if any(m in text for m in _OOM_MARKERS):
+        if _OOM_PATTERN.search(f"{type(exc).__name__} {exc}".lower()):
             return True
         exc = exc.__cause__
     return False
