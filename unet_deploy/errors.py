@@ -18,6 +18,11 @@ class InputNotFoundError(InputError, FileNotFoundError):
     exit_code = 2
 
 
+class ObjectTooLargeError(InputError):
+    """Streaming instances: an object (with its nearest-seed context) is larger than
+    ``--max-object`` allows; rerun with a larger ``--max-object``."""
+
+
 class ModelError(UnetDeployError, ValueError):
     """A model file is unusable (corrupt, wrong metadata, incompatible geometry)."""
 

@@ -9,13 +9,17 @@ their full extent back.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["instances_from_three_class", "instances_from_binary", "remove_small", "relabel_sequential"]
+__all__ = ["instances_from_three_class", "instances_from_binary", "remove_small", "relabel_sequential",
+           "three_class_objects", "ThreeClassObjects", "same_objects", "CROSS", "SQUARE"]
 
-_CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
-_SQUARE = ndimage.generate_binary_structure(2, 2)  # 8-connectivity
+CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
+SQUARE = ndimage.generate_binary_structure(2, 2)  # 8-connectivity
+_CROSS, _SQUARE = CROSS, SQUARE
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
@@ -34,6 +38,19 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     lut = np.zeros(present.size, dtype=np.int32)
     lut[present] = np.arange(1, np.count_nonzero(present) + 1, dtype=np.int32)
     return lut[labels]
+
+
+def same_objects(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two label maps hold the same objects, whatever their ids: same shape, same
+    background (0), and a one-to-one map between their ids."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    fg = a != 0
+    if not fg.any():
+        return True
+    pairs = np.unique(np.stack([a[fg].astype(np.int64), b[fg].astype(np.int64)]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -79,15 +96,44 @@ def instances_from_three_class(
     4. Foreground components without any seed (e.g. tiny objects predicted as all
        border) become objects of their own.
     5. Objects smaller than ``min_size`` pixels are removed; ids are renumbered 1..N.
+
+    Steps 1-4 are ``three_class_objects`` (which ``stream_instances`` runs on windows).
     """
+    return remove_small(three_class_objects(labels_or_probs, interior_class,
+                                            border_class).objects, min_size)
+
+
+@dataclass
+class ThreeClassObjects:
+    """Steps 1-4 of ``instances_from_three_class`` on one class map.
+
+    ``objects``: int64 object keys (0 background; seed ids 1..n_seeds, then seedless
+    components as n_seeds + component id), before size filtering and renumbering.
+    ``comps``: the 8-connected foreground components (int32). ``nearest``: (iy, ix) of each
+    pixel's nearest seed pixel (None without seeds) -- the nearest in Euclidean distance, ties
+    going to the smallest column, then the smallest row (scipy's rule, checked in the tests),
+    so a window that holds every seed within that distance of a pixel computes the same
+    choice as the whole plane."""
+
+    objects: np.ndarray
+    comps: np.ndarray
+    n_seeds: int
+    nearest: tuple[np.ndarray, np.ndarray] | None
+
+
+def three_class_objects(labels_or_probs: np.ndarray, interior_class: int = 1,
+                        border_class: int = 2) -> ThreeClassObjects:
+    """Steps 1-4 of ``instances_from_three_class``: object keys before size filtering."""
     classes = _to_classes(labels_or_probs)
     interior = classes == interior_class
     fg = interior | (classes == border_class)
     seeds, n_seeds = ndimage.label(interior, structure=_CROSS)
     comps, _ = ndimage.label(fg, structure=_SQUARE)
     out = np.zeros(classes.shape, dtype=np.int64)
+    nearest = None
     if n_seeds:
         _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+        nearest = (iy, ix)
         same = fg & (comps[iy, ix] == comps)
         out[same] = seeds[iy[same], ix[same]]
         _grow_within(out, fg)
@@ -95,7 +141,7 @@ def instances_from_three_class(
     if orphans.any():
         # seedless components keep their component id, shifted past the seed ids
         out[orphans] = comps[orphans] + n_seeds
-    return remove_small(out, min_size)
+    return ThreeClassObjects(out, comps, int(n_seeds), nearest)
 
 
 def _grow_within(labels: np.ndarray, mask: np.ndarray) -> None:

@@ -145,21 +145,26 @@ def default_output_path(input_path: str | Path, output: str) -> Path:
 def plane_bands(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
                 batch_size: int = 1, output: str = "labels",
                 on_tiles: Callable[[int], None] | None = None, cancel=None,
-                times: StageTimes | None = None) -> Iterator[np.ndarray]:
-    """Bands of one plane in the requested output kind. Instances need the whole plane's class
-    map (connected components are not local), so that kind is built in memory, then banded."""
+                times: StageTimes | None = None, *, max_object: int | None = None,
+                name: str = "") -> Iterator[np.ndarray]:
+    """Bands of one plane in the requested output kind. Instances are streamed
+    (``stream_instances``): exactly the whole-plane ``to_instances`` up to renumbering, with
+    memory bounded by ``max_object`` (rows of context; ``ObjectTooLargeError`` names the fix
+    when an object needs more). Band heights then vary; ``name`` prefixes its errors."""
     if output != "instances":
         yield from segment_plane(reader, plan, backend, prep, batch_size, output, on_tiles,
                                  cancel, times)
         return
-    from .postprocess import instance_classes, to_instances
+    from .postprocess import instance_classes
+    from .stream_instances import DEFAULT_MAX_OBJECT, InstanceStream
 
     info = backend.info
-    labels = np.concatenate([instance_classes(band, info) for band in segment_plane(
-        reader, plan, backend, prep, batch_size, "probabilities", on_tiles, cancel, times)])
-    inst = to_instances(labels, info)
-    for y0 in range(0, inst.shape[0], plan.out_h):
-        yield inst[y0 : y0 + plan.out_h]
+    stream = InstanceStream(plan.image_h, plan.image_w, info.instance_scheme, info.out_channels,
+                            info.min_object_size, max_object or DEFAULT_MAX_OBJECT, name)
+    for band in segment_plane(reader, plan, backend, prep, batch_size, "probabilities",
+                              on_tiles, cancel, times):
+        yield from stream.push(instance_classes(band, info))
+    stream.finish()
 
 
 def output_format(output: str, info: ModelInfo) -> tuple[int, np.dtype]:
