@@ -8,7 +8,8 @@ deliberately NOT ``parallel=True``: ONNX Runtime owns the cores, and
 * :mod:`.mirror` -- "reflect" coordinate mapping (U-Net mirroring).
 * :mod:`.gather` -- mirrored tile extraction fused with dtype conversion,
   channel mixing and normalisation.
-* :mod:`.stitch` -- writing tiles back (labels, probabilities).
+* :mod:`.stitch` -- writing tiles back (argmax labels, probabilities, or class
+  maps a backend already computed).
 
 The compiled code is cached outside the installed package (:mod:`.caching`), so an
 uninstall leaves nothing behind that could shadow a later install.
@@ -20,6 +21,8 @@ with cache_outside_package():
     from .gather import gather_tiles, gather_tiles_numpy
     from .mirror import mirror_index, mirror_indices
     from .stitch import (
+        stitch_classes,
+        stitch_classes_numpy,
         stitch_labels,
         stitch_labels_numpy,
         stitch_probabilities,
@@ -31,6 +34,8 @@ __all__ = [
     "mirror_indices",
     "gather_tiles",
     "gather_tiles_numpy",
+    "stitch_classes",
+    "stitch_classes_numpy",
     "stitch_labels",
     "stitch_labels_numpy",
     "stitch_probabilities",

@@ -42,20 +42,56 @@ def _gather_tiles(src, src_row0, image_h, ys, xs, mix, offset, scale, out):
     c_model, c_src = mix.shape
     th, tw = out.shape[2], out.shape[3]
     cols = np.empty(tw, dtype=np.int64)
+    # Each source row is first converted into ``row`` (channel-major), then each model channel
+    # is computed over a contiguous run of j. Loops that index from 0 over 1-D views let LLVM
+    # prove the indices non-negative and vectorize them (2-3x over a per-pixel loop). The
+    # float32 operations and their order are those of the contract -- acc = 0;
+    # acc += mix[c, s] * x[s] for s in order; (acc - off) * scl -- so results are
+    # bit-identical to the per-pixel form and to the NumPy twin.
+    row = np.empty((c_src, tw), dtype=np.float32)
+    acc = np.empty(tw, dtype=np.float32)
+    zero = np.float32(0.0)
     for b in range(ys.shape[0]):
-        # Column mapping is identical for every row of the tile: compute once.
+        x0 = xs[b]
+        # Column mapping is identical for every row of the tile: compute once. Columns
+        # [ja, jb) lie inside the image and need no mirroring (a contiguous run).
         for j in range(tw):
-            cols[j] = mirror_index(xs[b] + j, width)
+            cols[j] = mirror_index(x0 + j, width)
+        ja = min(tw, max(0, -x0))
+        jb = max(ja, min(tw, width - x0))
         for i in range(th):
             r = mirror_index(ys[b] + i, image_h) - src_row0
+            for s in range(c_src):
+                line = src[r, :, s]
+                dst = row[s]
+                for j in range(ja):
+                    dst[j] = np.float32(line[cols[j]])
+                if jb > ja:  # else x0 + ja may be < 0, and a slice would wrap around
+                    inner_dst = dst[ja:jb]
+                    inner_src = line[x0 + ja : x0 + jb]
+                    for j in range(inner_dst.shape[0]):
+                        inner_dst[j] = np.float32(inner_src[j])
+                for j in range(jb, tw):
+                    dst[j] = np.float32(line[cols[j]])
             for c in range(c_model):
                 off = offset[c]
                 scl = scale[c]
+                o = out[b, c, i]
+                if c_src == 1:
+                    m = mix[c, 0]
+                    x = row[0]
+                    for j in range(tw):
+                        o[j] = (zero + m * x[j] - off) * scl
+                    continue
                 for j in range(tw):
-                    acc = np.float32(0.0)
-                    for s in range(c_src):
-                        acc += mix[c, s] * np.float32(src[r, cols[j], s])
-                    out[b, c, i, j] = (acc - off) * scl
+                    acc[j] = zero
+                for s in range(c_src):
+                    m = mix[c, s]
+                    x = row[s]
+                    for j in range(tw):
+                        acc[j] += m * x[j]
+                for j in range(tw):
+                    o[j] = (acc[j] - off) * scl
 
 
 def _check(src, src_row0, image_h, ys, xs, mix, offset, scale, out):

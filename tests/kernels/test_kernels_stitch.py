@@ -6,6 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unet_deploy.kernels import (
+    stitch_classes,
+    stitch_classes_numpy,
     stitch_labels,
     stitch_labels_numpy,
     stitch_probabilities,
@@ -94,3 +96,54 @@ def test_labels_nan_and_ties_like_np_argmax():
     out = np.zeros((1, 2), np.uint8)
     stitch_labels(probs, np.array([0, 0]), np.array([0, 1]), out, 0)
     assert out.tolist() == [[1, 0]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=stitch_case(), dtype=st.sampled_from(LABEL_DTYPES),
+       src_dtype=st.sampled_from(LABEL_DTYPES))
+def test_stitch_classes_equals_stitch_labels(case, dtype, src_dtype):
+    """A backend that returns its argmax (class maps) stitches to the same band as one that
+    returns probabilities."""
+    p, ys, xs = case["probs"], case["ys"], case["xs"]
+    classes = np.argmax(p, axis=1).astype(src_dtype)
+    want = np.full((case["band_rows"], case["w"]), 9, dtype=dtype)
+    stitch_labels(p, ys, xs, want, case["row0"])
+    for fn in (stitch_classes, stitch_classes_numpy):
+        out = np.full_like(want, 9)
+        fn(classes, ys, xs, out, case["row0"], p.shape[1])
+        np.testing.assert_array_equal(out, want, err_msg=fn.__name__)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=stitch_case(), cut=st.floats(0, 1))
+def test_row_ranges_stitched_separately_equal_one_call(case, cut):
+    """The merger stitches a band as row ranges on several threads: same result, any order."""
+    p, ys, xs, row0, rows = case["probs"], case["ys"], case["xs"], case["row0"], case["band_rows"]
+    a = int(cut * rows)
+    classes = np.argmax(p, axis=1).astype(np.uint8)
+    for fn, src, extra in ((stitch_labels, p, ()), (stitch_classes, classes, (p.shape[1],))):
+        whole = np.full((rows, case["w"]), 9, np.uint8)
+        fn(src, ys, xs, whole, row0, *extra)
+        split = np.full_like(whole, 9)
+        fn(src, ys, xs, split[a:], row0 + a, *extra)  # later range first
+        fn(src, ys, xs, split[:a], row0, *extra)
+        np.testing.assert_array_equal(split, whole, err_msg=fn.__name__)
+
+
+def test_stitch_classes_rejects_bad_input():
+    out = np.zeros((2, 2), np.uint8)
+    for fn in (stitch_classes, stitch_classes_numpy):
+        with pytest.raises(ValueError, match="classes must be"):
+            fn(np.zeros((1, 2, 2), np.float32), np.array([0]), np.array([0]), out, 0)
+        with pytest.raises(ValueError, match="do not fit"):
+            fn(np.zeros((1, 2, 2), np.uint16), np.array([0]), np.array([0]), out, 0, 300)
+
+
+def test_labels_kernel_equals_numpy_argmax_on_random_floats():
+    """The vectorized argmax is exact (same comparisons as np.argmax), also with NaN."""
+    rng = np.random.default_rng(3)
+    p = rng.random((3, 4, 37, 41), dtype=np.float32)
+    p[rng.random(p.shape) < 0.05] = np.nan
+    out = np.zeros((37, 41 * 3), np.uint8)
+    stitch_labels(p, np.zeros(3, np.int64), np.arange(3) * 41, out, 0)
+    np.testing.assert_array_equal(out, np.concatenate(list(np.argmax(p, axis=1)), axis=1))
