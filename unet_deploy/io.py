@@ -673,6 +673,9 @@ class TiffBandWriter:
         overwrite: bool = False,
         *,
         axes: str | None = None,
+        ome: dict | None = None,
+        subifds: int = 0,
+        after=None,
     ):
         self.path = Path(path)
         self.lead_shape = tuple(int(v) for v in lead_shape)
@@ -685,6 +688,10 @@ class TiffBandWriter:
         self.compression = compression
         self.overwrite = overwrite
         self.axes = axes
+        # hooks for ome_tiff.OmeTiffWriter: OME-XML metadata (tifffile's ome=True dict), the
+        # number of SubIFD levels per page, and after(tiff_writer), called in the writer thread
+        # after the main series to write those levels
+        self.ome, self.subifds, self.after = ome, int(subifds), after
         if self.tile <= 0 or self.tile % 16:
             raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
         if self.height <= 0 or self.width <= 0 or self.samples <= 0:
@@ -722,7 +729,7 @@ class TiffBandWriter:
             os.close(fd)  # created exclusively (unique name, umask respected); reopen by name
             self._file = open(tmp, "r+b")  # noqa: SIM115 - closed in _finish/_cleanup
             tifffile = _tifffile()
-            self._tw = tifffile.TiffWriter(self._file, bigtiff=True)
+            self._tw = tifffile.TiffWriter(self._file, bigtiff=True, ome=self.ome is not None)
         except BaseException:
             self._cleanup()
             raise
@@ -856,10 +863,13 @@ class TiffBandWriter:
                 compression=self.compression,
                 photometric="minisblack",
                 planarconfig="contig" if self.samples > 1 else None,
-                metadata=metadata,
+                metadata=dict(self.ome) if self.ome is not None else metadata,
                 buffersize=tile_row_bytes,
+                subifds=self.subifds or None,
                 **kwargs,
             )
+            if self.after is not None:
+                self.after(self._tw)
         except BaseException as exc:  # noqa: BLE001 - handed to the feeding thread
             self._error = exc
 
