@@ -79,3 +79,42 @@ def _nan_zero_reference(model, image: np.ndarray) -> np.ndarray:
                           np.array([1.0 / (hi - lo)], np.float32))
         plan = plan_tiles(*image.shape[:2], be.info.geometry, be.info.tile)
         return np.concatenate(list(plane_bands(ArrayReader(filled), plan, be, prep)))
+
+
+def _blob_image(seed: int, hot: bool = False) -> np.ndarray:
+    """Smooth blobs (0..4000, uint16) with noise. ``hot``: 10x dimmer with 0.1 % saturated hot
+    pixels (65535), which stretch the MinMax activation ranges of an INT8 calibration: a
+    realistic INT8 failure (``decisive_model`` measures ~93 % label agreement on them)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    im = ndi.gaussian_filter(rng.random((200, 260)), 6)
+    im = (im / im.max() * 4000 + rng.normal(0, 50, im.shape)).clip(0).astype(np.uint16)
+    if hot:
+        im //= 10
+        im[np.random.default_rng(10 + seed).random(im.shape) < 0.001] = 65535
+    return im
+
+
+@pytest.fixture(scope="session")
+def make_blob_image():
+    return _blob_image
+
+
+@pytest.fixture(scope="session")
+def blob_images() -> list:
+    return [_blob_image(s) for s in range(3)]
+
+
+@pytest.fixture(scope="session")
+def hot_blob_images() -> list:
+    return [_blob_image(s, hot=True) for s in range(3)]
+
+
+@pytest.fixture(scope="session")
+def decisive_model(model_dir) -> Path:
+    """A random net with mixed, decisive labels on ``blob_images`` (~12 % foreground): its CPU
+    INT8 build measures ~99.9 % label agreement there (passes the 99.5 % gate by ~0.4 %) and
+    ~93 % on ``hot_blob_images`` (fails it): the gate decides by measurement."""
+    return export_random_unet(model_dir / "decisive.onnx", seed=3, instance_scheme="none",
+                              head_gain=16, bias_range=0.5)

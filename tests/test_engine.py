@@ -15,7 +15,8 @@ from unet_deploy.cli import build_for_output
 from unet_deploy.engine_build import cast_onnx
 from unet_deploy.engines import (EngineCache, Environment, Manifest, check_manifest,
                                  manifest_path, read_manifest, rebuild_command)
-from unet_deploy.errors import ModelError, ModelNotFoundError
+from unet_deploy.errors import ModelError, ModelNotFoundError, UnetDeployError
+from unet_deploy.gate import DEFAULT_MIN_AGREEMENT
 from unet_deploy.model_store import file_sha256
 
 H100 = Environment("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
@@ -211,14 +212,14 @@ def test_real_tensorrt_build_and_load(tmp_path, tiny_onnx):
     assert m.gate["passed"] and m.precision == "fp16"
 
 
-def test_build_dispatch_onnx_output_is_cpu_int8(tiny_onnx, tmp_path):
-    rng = np.random.default_rng(0)
-    imgs = [rng.integers(0, 3000, (150, 170)).astype(np.uint16)]
-    with pytest.raises(ModelError, match="needs --precision int8"):
+def test_build_dispatch_onnx_output_is_cpu_int8(tiny_onnx, decisive_model, blob_images,
+                                                tmp_path):
+    with pytest.raises(UnetDeployError, match="needs --precision int8"):
         build_for_output(tiny_onnx, tmp_path / "m.int8.onnx", precision="fp16")
-    res = build_for_output(tiny_onnx, tmp_path / "m.int8.onnx", precision="int8",
-                           calibration=imgs, min_agreement=0.0)
+    res = build_for_output(decisive_model, tmp_path / "m.int8.onnx", precision="int8",
+                           calibration=blob_images)  # the default gate, passed by measurement
     assert res.path.is_file() and "gate pass" in res.summary()
+    assert DEFAULT_MIN_AGREEMENT <= res.report.label_agreement < 1.0
     if importlib.util.find_spec("tensorrt") is None:
         from unet_deploy.errors import BackendError
         with pytest.raises(BackendError, match="TensorRT is not installed"):
