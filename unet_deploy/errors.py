@@ -15,7 +15,7 @@ class InputError(UnetDeployError, ValueError):
 
 
 class InputNotFoundError(InputError, FileNotFoundError):
-    exit_code = 2
+    """The input file does not exist (exit code 3, like any unusable input)."""
 
 
 class ObjectTooLargeError(InputError):
@@ -45,17 +45,33 @@ class BackendError(UnetDeployError, RuntimeError):
     exit_code = 6
 
 
+class OptionError(UnetDeployError, ValueError):
+    """An option value that cannot work for this model or input (e.g. a tile size the network
+    cannot take); the message names the values that would. Exit code 2, like a usage error."""
+
+    exit_code = 2
+
+
+class MissingExtraError(UnetDeployError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the
+    extra to install (``pip install "unet-deploy[train]"``)."""
+
+    exit_code = 7
+
+
 class Cancelled(UnetDeployError):
     exit_code = 130
 
 
 EXIT_CODES = {
     0: "success",
-    1: "unexpected unet-deploy error",
-    2: "input file not found",
-    3: "input unusable (format, shape, dtype, size)",
+    1: "unexpected error (a bug: please report it with the traceback, UNET_DEPLOY_DEBUG=1)",
+    2: "usage: unknown option, invalid or missing value, or an option value the model cannot "
+       "take (e.g. --tile)",
+    3: "input not found or unusable (format, shape, dtype, size)",
     4: "model not found or unusable",
     5: "output cannot be written",
     6: "backend failure",
+    7: "an optional extra is not installed (the message names it)",
     130: "interrupted (SIGINT/SIGTERM); no output left behind",
 }

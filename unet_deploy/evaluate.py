@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 
 def score_pairs(backend, pairs, label_kind: str = "auto") -> dict:
     """Mean instance F1 (IoU 0.5/0.75/0.9), foreground IoU, pixel error and Rand error over
@@ -29,13 +31,17 @@ def score_pairs(backend, pairs, label_kind: str = "auto") -> dict:
 
 def evaluate_model(model, images: str | Path, labels: str | Path, label_kind: str = "auto",
                    threads: int = 0, limit: int | None = None) -> dict:
-    """``score_pairs`` over a folder or stack of images and one of labels.
+    """``score_pairs`` over a folder or stack of images and one of labels, paired by name
+    (``pairing.read_pairs``; mismatches are refused with their list, never paired by position).
 
     Images are fed raw (the model normalizes them itself, as in deployment)."""
     from .backends import open_backend
-    from .train.data import read_planes
+    from .pairing import read_pairs
 
-    _, imgs = read_planes(Path(images))
-    _, labs = read_planes(Path(labels))
+    names, imgs, labs = read_pairs(images, labels)
+    for name, img, lab in zip(names, imgs, labs):
+        if img.shape[:2] != lab.shape[:2]:
+            raise InputError(f"{images}: {name} is {img.shape[0]}x{img.shape[1]} but its label "
+                             f"image is {lab.shape[0]}x{lab.shape[1]}; check the pairing")
     with open_backend(model, threads=threads) as be:
         return score_pairs(be, list(zip(imgs, labs))[:limit], label_kind)

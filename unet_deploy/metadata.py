@@ -49,12 +49,24 @@ class ModelInfo:
     dropout: float = 0.0
     licence: str = ""
     description: str = ""
+    # what `segment` writes when no --output is given: "labels" | "probabilities" | "instances";
+    # "" = instances for a model with an instance scheme, else labels (``default_output_kind``)
+    default_output: str = ""
+    # what the training images looked like, for warnings when an input clearly differs:
+    # modality (text), channels (text), background "dark" (fluorescence) | "bright" | ""
+    expects: dict = field(default_factory=dict)
     sha256: str = ""  # of the weights, filled in by the exporter
     format_version: int = FORMAT_VERSION
 
     @property
     def geometry(self) -> Geometry:
         return Geometry(self.depth, self.padding)
+
+    @property
+    def default_output_kind(self) -> str:
+        if self.default_output:
+            return self.default_output
+        return "instances" if self.instance_scheme != "none" else "labels"
 
     @property
     def out_channels(self) -> int:

@@ -177,3 +177,27 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def describe_shipped() -> list[str]:
+    """The lines of ``unet-deploy models``: each shipped model's size, classes (index =
+    class), default output, geometry, what inputs it expects, and its card."""
+    found = shipped_models()
+    if not found:
+        return ["no shipped models installed"]
+    lines = []
+    for name, path in found.items():
+        info = read_onnx(path).info
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        classes = ", ".join(f"{i} {c}" for i, c in enumerate(info.classes))
+        lines.append(f"{name}{default}: {path.stat().st_size / 1e6:.1f} MB, classes {classes}; "
+                     f"writes {info.default_output_kind} by default; depth {info.depth}, "
+                     f"base {info.base}, tile {info.tile}")
+        lines.append(f"    {info.description}")
+        if info.expects:
+            lines.append("    expects: " + ", ".join(f"{k} {v}" for k, v in info.expects.items()
+                                                     if v))
+        card = path.with_suffix(".md")
+        if card.exists():
+            lines.append(f"    card: {card}")
+    return lines

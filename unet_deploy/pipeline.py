@@ -20,7 +20,7 @@ from .errors import Cancelled
 from .merger import BandMerger
 from .metadata import ModelInfo
 from .normalize import Preprocess, preprocess_for
-from .readers import ArrayReader, Reader
+from .readers import ArrayReader, ChannelReader, Reader
 from .tiling import RowSource, TilePlan, gather_batch, plan_tiles
 
 @dataclass
@@ -182,13 +182,20 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                  backend: str = "auto", batch_size: int = 1, tile: int | None = None,
                  output: str = "labels", threads: int = 0, overwrite: bool = False,
                  series: int | None = None, max_pixels: int | None = None,
-                 progress: bool = True, nan_policy: str = "error", cancel=None) -> Summary:
-    """Segment a (huge) TIFF into a tiled, compressed BigTIFF; returns a Summary.
+                 progress: bool = True, nan_policy: str = "error", cancel=None,
+                 on_tiles: Callable[[int], None] | None = None,
+                 channels: list[int] | None = None) -> Summary:
+    """Segment a (huge) TIFF (or a PNG/JPEG) into a tiled, compressed BigTIFF; returns a Summary.
 
     Memory stays bounded: the input is memory-mapped or decoded band by band, and output bands
     are written as soon as their tile row is complete (except ``output="instances"``).
     ``nan_policy``: "error" | "zero" for NaN/Inf pixels (see ``preprocess_for``); ``cancel``: a
-    ``threading.Event`` checked between batches (``Cancelled``; nothing is written)."""
+    ``threading.Event`` checked between batches (``Cancelled``; nothing is written).
+    ``backend``: a name, or an already open backend (several files, one model load; it is not
+    closed here). ``on_tiles``: progress callback replacing the own progress bar.
+    ``channels``: feed only these channels of the input to the model."""
+    from contextlib import nullcontext
+
     from tqdm import tqdm
 
     from .backends import open_backend
@@ -199,19 +206,23 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
     t0 = time.perf_counter()
     with open_image(input_path, series=series, max_pixels=max_pixels,
                     nan_policy=nan_policy) as src, \
-            open_backend(model, backend, threads=threads) as be:
+            (open_backend(model, backend, threads=threads) if isinstance(backend, str)
+             else nullcontext(backend.activate())) as be:
         info = be.info
         plan = plan_tiles(src.height, src.width, info.geometry, default_tile(info, tile))
         samples, dtype = output_format(output, info)
-        with tqdm(total=plan.n_tiles * src.n_planes, unit="tile", disable=not progress,
+        with tqdm(total=plan.n_tiles * src.n_planes, unit="tile",
+                  disable=not progress or on_tiles is not None,
                   desc=Path(input_path).name, dynamic_ncols=True) as bar, \
                 TiffBandWriter(out, src.lead_shape, src.height, src.width, samples, dtype,
                                resolution=src.resolution, overwrite=overwrite) as writer:
             for i in range(src.n_planes):
                 reader = src.plane(i)
+                if channels is not None:
+                    reader = ChannelReader(reader, channels, str(input_path))
                 prep = preprocess_for(reader, info, str(input_path))
                 for band in plane_bands(reader, plan, be, prep, batch_size, output,
-                                        bar.update, cancel):
+                                        on_tiles or bar.update, cancel):
                     writer.write_band(band)
         name, reason = getattr(be, "choice", (be.name, ""))
         return Summary(src.height * src.width * src.n_planes, plan.n_tiles * src.n_planes,

@@ -146,7 +146,7 @@ class ChannelReader:
         bad = [c for c in channels if not 0 <= c < reader.channels]
         if bad:
             raise InputError(f"{where}: has channels 0..{reader.channels - 1}, no channel "
-                             f"{bad[0]}; pick --channel from 0 to {reader.channels - 1}")
+                             f"{bad[0]}; pick channels from 0 to {reader.channels - 1}")
         self._reader, self._idx = reader, channels
         self.height, self.width, self.dtype = reader.height, reader.width, reader.dtype
         self.channels = len(channels)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import OptionError
 from .geometry import Geometry
 from .readers import Reader, release_mapped_rows
 
@@ -73,7 +74,7 @@ def _side(geo: Geometry, tile: int, image_side: int) -> int:
     """Input tile side: the requested legal size, shrunk to the smallest legal size that still
     covers the image in one tile, so small images don't pay for a big tile."""
     if not geo.is_legal(tile):
-        raise ValueError(f"tile {tile} is not a legal input size for a depth-{geo.depth} "
+        raise OptionError(f"tile {tile} is not a legal input size for a depth-{geo.depth} "
                          f"{geo.padding} U-Net; nearest legal sizes: "
                          f"{geo.nearest_legal(tile)} or {geo.input_for_output(geo.output_size(geo.nearest_legal(tile)) + 1)}")
     return min(tile, geo.input_for_output(image_side))
@@ -85,7 +86,7 @@ def _step(geo: Geometry, net_out: int, image_side: int, tile: int) -> int:
     quantum = 2**geo.depth
     step = net_out - net_out % quantum
     if step == 0:
-        raise ValueError(f"tile {tile} gives a {net_out}-pixel output, less than the 2**depth = "
+        raise OptionError(f"tile {tile} gives a {net_out}-pixel output, less than the 2**depth = "
                          f"{quantum} needed to tile seamlessly; use a tile of at least "
                          f"{geo.input_for_output(quantum)}")
     return step

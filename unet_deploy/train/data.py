@@ -56,10 +56,9 @@ def to_instances(labels: np.ndarray, kind: str = "auto") -> np.ndarray:
 
 def load_pairs(images: str | Path, labels: str | Path, norm: Normalization,
                label_kind: str = "auto") -> list[Sample]:
-    names, imgs = read_planes(Path(images))
-    lnames, labs = read_planes(Path(labels))
-    if len(imgs) != len(labs):
-        raise InputError(f"{images}: {len(imgs)} images but {labels}: {len(labs)} label images")
+    from ..pairing import read_pairs
+
+    names, imgs, labs = read_pairs(images, labels)  # by name, never by position
     samples = []
     for name, img, lab in zip(names, imgs, labs):
         if img.ndim == 3:
