@@ -23,7 +23,9 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in items:
         path = Path(item).expanduser()
-        if path.is_dir():
+        from .zarr_io import is_zarr_path
+
+        if path.is_dir() and not is_zarr_path(path):  # an OME-Zarr folder is one image
             files = sorted(p for p in path.iterdir() if p.is_file()
                            and p.suffix.lower() in IMAGE_SUFFIXES
                            and not any(t in p.name for t in OWN_OUTPUT_TAGS)
@@ -56,7 +58,7 @@ def output_paths(inputs: list[Path], output_path: str | Path | None, kind: str) 
 
     if len(inputs) == 1:
         out = Path(output_path) if output_path else default_output_path(inputs[0], kind)
-        if out.is_dir():
+        if out.is_dir() and not out.name.lower().endswith(".zarr"):
             out = out / default_output_path(inputs[0], kind).name
         return [out]
     if output_path is None:
@@ -87,6 +89,7 @@ def segment_files(inputs: Iterable[str | Path], model=None, *, output_path=None,
                   tile: int | None = None, threads: int = 0, overwrite: bool = False,
                   series: int | None = None, max_pixels: int | None = None,
                   nan_policy: str = "error", channels: list[int] | None = None,
+                  level: int | None = None, max_object: int | None = None,
                   progress: bool = True, preview: bool = False,
                   warn: Callable[[str], None] | None = None,
                   on_file: Callable[[FileResult], None] | None = None,
@@ -119,7 +122,7 @@ def segment_files(inputs: Iterable[str | Path], model=None, *, output_path=None,
         total = 0
         for src_path in paths:  # metadata only, plus a few sample bands for the fit check
             with open_image(src_path, series=series, max_pixels=max_pixels,
-                            nan_policy=nan_policy) as src:
+                            nan_policy=nan_policy, level=level) as src:
                 plan = plan_tiles(src.height, src.width, info.geometry, default_tile(info, tile))
                 total += plan.n_tiles * src.n_planes
                 reader = src.plane(0)
@@ -136,7 +139,8 @@ def segment_files(inputs: Iterable[str | Path], model=None, *, output_path=None,
                                        tile=tile, output=kind, threads=threads,
                                        overwrite=overwrite, series=series,
                                        max_pixels=max_pixels, nan_policy=nan_policy,
-                                       on_tiles=bar.update, channels=channels)
+                                       on_tiles=bar.update, channels=channels, level=level,
+                                       max_object=max_object)
                 result = FileResult(src_path, out, summary)
                 if preview:
                     from .preview import preview_path, write_preview

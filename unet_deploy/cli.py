@@ -216,6 +216,11 @@ def segment(
     threads: int = typer.Option(0, "--threads", min=0, help="Inference threads (0 = all cores)."),
     backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | ..."),
     series: Optional[int] = typer.Option(None, "--series", min=0, help="TIFF series to segment."),
+    level: Optional[int] = typer.Option(None, "--level", min=0, show_default="0 (full resolution)",
+                                        help="Pyramid level of a whole-slide TIFF or OME-Zarr."),
+    max_object: Optional[int] = typer.Option(
+        None, "--max-object", min=1, show_default="512",
+        help="Instances: largest object extent (px) streamed exactly; more memory."),
     channel: Optional[List[int]] = typer.Option(
         None, "--channel", "-c", min=0, show_default="all, converted to the model's channels",
         help="Input channel(s) to feed the model, from 0; repeat for several."),
@@ -249,6 +254,7 @@ def segment(
                   backend=backend, batch_size=batch_size, tile=tile, threads=threads,
                   overwrite=overwrite, series=series, max_pixels=max_pixels,
                   nan_policy=_value(nan_policy), channels=channel or None, progress=not quiet,
+                  level=level, max_object=max_object,
                   preview=preview, warn=None if quiet else (lambda m: typer.echo(
                       f"warning: {m}", err=True)),
                   on_file=done, on_backend=say_backend)

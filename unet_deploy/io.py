@@ -71,6 +71,7 @@ def open_image(
     series: int | None = None,
     max_pixels: int | None = None,
     nan_policy: str = "error",
+    level: int | None = None,
 ) -> "ImageSource":
     """Open ``path`` for streaming reads; use as a context manager (closes the file).
 
@@ -80,12 +81,23 @@ def open_image(
 
     ``nan_policy`` (float images): "error" (default) -- the pipeline counts NaN/Inf pixels
     before inference and refuses the plane; "zero" -- ``read_rows`` returns them as 0.
+
+    ``level``: pyramid level of a whole-slide / pyramidal TIFF (SVS, NDPI, OME SubIFDs) or of
+    an OME-Zarr; 0 (full resolution) by default. A ``*.zarr`` path (or a folder with Zarr
+    metadata) is opened by ``zarr_io.open_zarr`` (the ``zarr`` extra) and behaves the same.
     """
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(f"{path}: input file not found; check the path")
+    from .zarr_io import is_zarr_path
+
+    if is_zarr_path(path):
+        from .zarr_io import open_zarr
+
+        return open_zarr(path, level=level, series=series, max_pixels=max_pixels,
+                         nan_policy=nan_policy)
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a TIFF file; pass an image file")
     try:
@@ -110,7 +122,7 @@ def open_image(
         ) from exc
     try:
         return ImageSource(path, tif, series=series, max_pixels=max_pixels, file_size=size,
-                           nan_policy=nan_policy)
+                           nan_policy=nan_policy, level=level)
     except InputError:
         tif.close()
         raise
@@ -256,12 +268,21 @@ class ImageSource:
     """
 
     def __init__(self, path: Path, tif, *, series: int | None, max_pixels: int | None, file_size: int,
-                 nan_policy: str = "error"):
+                 nan_policy: str = "error", level: int | None = None):
         self.path = path
         self.nan_policy = nan_policy
         self._tif = tif
         self.series_index = _choose_series(tif, series, path)
         s = tif.series[self.series_index]
+        base = s
+        self.n_levels = len(getattr(s, "levels", None) or [s])
+        self.level = 0 if level is None else int(level)
+        if not 0 <= self.level < self.n_levels:
+            raise InputError(f"{path}: level {self.level} requested but series "
+                             f"{self.series_index} has {self.n_levels} level(s); pass --level "
+                             f"0..{self.n_levels - 1}")
+        if self.level:
+            s = s.levels[self.level]
         self._series = s
         kf = s.keyframe
         self._kf = kf
@@ -352,6 +373,14 @@ class ImageSource:
             self._check_codec()
 
         self.resolution = self._read_resolution()
+        self.lead_axes = "".join(a for a in self.axes if a not in "YXS")[-len(self.lead_shape):] \
+            if self.lead_shape else ""
+        self.physical = self._read_physical(base)
+        if self.physical.known and (self.level or "xresolution" not in self.resolution):
+            # missing (SVS, OME) or level-0 tags: the physical size says what to write
+            self.resolution = {k: v for k, v in self.resolution.items()
+                               if k not in ("xresolution", "yresolution", "resolutionunit")}
+            self.resolution.update(self.physical.tiff_resolution())
 
     # -- metadata helpers ------------------------------------------------------------
     def _plane_nbytes(self) -> int:
@@ -406,6 +435,35 @@ class ImageSource:
             if isinstance(meta.get("unit"), str) and "unit" not in res and meta["unit"].isprintable():
                 res["unit"] = meta["unit"][:64]
         return res
+
+    def _read_physical(self, base):
+        """Pixel size from OME-XML, Aperio MPP, or resolution tags + ImageJ unit (in that
+        order), scaled from level 0 to the chosen level."""
+        from .physical import UNKNOWN, from_ome_xml, from_svs_description, from_tiff_tags
+
+        phys = UNKNOWN
+        try:
+            if self._tif.is_ome and self._tif.ome_metadata:
+                phys = from_ome_xml(self._tif.ome_metadata, self.series_index)
+            if not phys.known and self._tif.is_svs:
+                phys = from_svs_description(self._tif.pages[0].description)
+            if not phys.known:
+                kf0 = base.keyframe
+                res = self.resolution if not self.level else {}
+                if self.level and 282 in kf0.tags and 283 in kf0.tags:
+                    res = {"xresolution": float(kf0.resolution[0]),
+                           "yresolution": float(kf0.resolution[1]),
+                           "resolutionunit": int(kf0.resolutionunit)}
+                ij = self.resolution
+                phys = from_tiff_tags(res.get("xresolution"), res.get("yresolution"),
+                                      res.get("resolutionunit"), ij.get("unit"),
+                                      ij.get("spacing")) if res else phys
+        except Exception:  # metadata is a bonus: never fail the segmentation over it
+            phys = UNKNOWN
+        if self.level and phys.known:
+            h0, w0 = int(base.keyframe.imagelength), int(base.keyframe.imagewidth)
+            phys = phys.scaled(h0 / self.height, w0 / self.width)
+        return phys
 
     # -- access ----------------------------------------------------------------------
     def plane(self, i: int) -> "PlaneReader":
@@ -623,7 +681,7 @@ def check_output(out_path: str | os.PathLike, input_path: str | os.PathLike, ove
             same = False
         if same or os.path.realpath(out) == os.path.realpath(inp):
             raise OutputError(f"{out}: output is the same file as the input {inp}; choose a different output path")
-        if out.is_dir():
+        if out.is_dir() and not out.name.lower().endswith(".zarr"):
             raise OutputError(f"{out}: output path is a directory; give a file name such as {out / 'result.tif'}")
         if not overwrite:
             raise OutputError(f"{out}: output file already exists; use --overwrite to replace it")

@@ -183,12 +183,17 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                  output: str = "labels", threads: int = 0, overwrite: bool = False,
                  series: int | None = None, max_pixels: int | None = None,
                  progress: bool = True, nan_policy: str = "error", cancel=None,
+                 level: int | None = None, max_object: int | None = None,
                  on_tiles: Callable[[int], None] | None = None,
                  channels: list[int] | None = None) -> Summary:
     """Segment a (huge) TIFF (or a PNG/JPEG) into a tiled, compressed BigTIFF; returns a Summary.
 
     Memory stays bounded: the input is memory-mapped or decoded band by band, and output bands
-    are written as soon as their tile row is complete (except ``output="instances"``).
+    are written as soon as their tile row is complete (instances: as soon as their objects are,
+    ``stream_instances``; ``max_object`` bounds that memory). ``level``: pyramid level of a
+    whole-slide TIFF or OME-Zarr input. The output format follows ``output_path``
+    (``outputs.open_writer``): ``*.ome.zarr`` OME-Zarr, ``*.ome.tif`` (or long side > 2048 px)
+    pyramidal OME-TIFF, else a tiled BigTIFF; each carries the physical pixel size.
     ``nan_policy``: "error" | "zero" for NaN/Inf pixels (see ``preprocess_for``); ``cancel``: a
     ``threading.Event`` checked between batches (``Cancelled``; nothing is written).
     ``backend``: a name, or an already open backend (several files, one model load; it is not
@@ -199,13 +204,14 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
     from tqdm import tqdm
 
     from .backends import open_backend
-    from .io import TiffBandWriter, check_output, open_image
+    from .io import check_output, open_image
+    from .outputs import open_writer
 
     out = default_output_path(input_path, output) if output_path is None else Path(output_path)
     check_output(out, input_path, overwrite)
     t0 = time.perf_counter()
     with open_image(input_path, series=series, max_pixels=max_pixels,
-                    nan_policy=nan_policy) as src, \
+                    nan_policy=nan_policy, level=level) as src, \
             (open_backend(model, backend, threads=threads) if isinstance(backend, str)
              else nullcontext(backend.activate())) as be:
         info = be.info
@@ -214,15 +220,16 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
         with tqdm(total=plan.n_tiles * src.n_planes, unit="tile",
                   disable=not progress or on_tiles is not None,
                   desc=Path(input_path).name, dynamic_ncols=True) as bar, \
-                TiffBandWriter(out, src.lead_shape, src.height, src.width, samples, dtype,
-                               resolution=src.resolution, overwrite=overwrite) as writer:
+                open_writer(out, src, samples, dtype, output=output, class_names=info.classes,
+                            overwrite=overwrite) as writer:
             for i in range(src.n_planes):
                 reader = src.plane(i)
                 if channels is not None:
                     reader = ChannelReader(reader, channels, str(input_path))
                 prep = preprocess_for(reader, info, str(input_path))
                 for band in plane_bands(reader, plan, be, prep, batch_size, output,
-                                        on_tiles or bar.update, cancel):
+                                        on_tiles or bar.update, cancel, max_object=max_object,
+                                        name=str(input_path)):
                     writer.write_band(band)
         name, reason = getattr(be, "choice", (be.name, ""))
         return Summary(src.height * src.width * src.n_planes, plan.n_tiles * src.n_planes,
