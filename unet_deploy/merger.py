@@ -1,21 +1,30 @@
 """The Merger (after MONAI): stitched tile outputs are collected into row bands, and each band
-is handed on as soon as every tile that writes to it has been added."""
+is handed on as soon as every tile that writes to it has been added.
+
+A backend's output for a batch is either probabilities (B, K, h, w) float -- argmaxed here for
+``output="labels"`` -- or, from a backend that computed the argmax itself, the class map
+(B, h, w) integer, which is pasted as is. Both give the same band. With ``workers`` each band
+is stitched as row ranges on several threads; every range sees the tiles in order, so the
+result does not depend on the number of threads.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .tiling import TilePlan
+from .workers import Workers, split
 
 
 class BandMerger:
     def __init__(self, plan: TilePlan, n_classes: int, output: str = "labels"):
-        from .kernels import stitch_labels, stitch_probabilities
+        from .kernels import stitch_classes, stitch_labels, stitch_probabilities
 
         self.plan = plan
         self.k = n_classes
         self.output = output
         self.stitch = stitch_labels if output == "labels" else stitch_probabilities
+        self.paste = stitch_classes
         self.label_dtype = np.uint8 if n_classes <= 256 else np.uint16
         self.bands: dict[int, np.ndarray] = {}
         self.filled: dict[int, int] = {}
@@ -32,15 +41,33 @@ class BandMerger:
             self.filled[row] = 0
         return self.bands[row]
 
-    def add(self, probs: np.ndarray, tile_ids: np.ndarray) -> None:
-        """Stitch the outputs of tiles ``tile_ids`` (row-major indices into the plan)."""
+    def add(self, out: np.ndarray, tile_ids: np.ndarray, workers: Workers | None = None) -> None:
+        """Stitch the outputs of tiles ``tile_ids`` (row-major indices into the plan):
+        probabilities (B, K, h, w) or, for ``output="labels"``, class maps (B, h, w)."""
+        classes = out.ndim == 3
+        if classes and self.output != "labels":
+            raise ValueError(f"class maps cannot give {self.output} output; the backend must "
+                             f"return probabilities")
         rows = tile_ids // self.plan.cols
         for row in np.unique(rows):
             sel = np.flatnonzero(rows == row)
+            # A batch holds consecutive tiles, so a row's tiles are a slice: no copy.
+            part = out[sel[0] : sel[-1] + 1] if sel[-1] - sel[0] + 1 == len(sel) else out[sel]
             ys, xs = self.plan.out_origins(int(row))
             cols = tile_ids[sel] % self.plan.cols
+            ys, xs = ys[cols], xs[cols]
             band = self._band(int(row))
-            self.stitch(probs[sel], ys[cols], xs[cols], band, int(row) * self.plan.out_h)
+            row0 = int(row) * self.plan.out_h
+
+            def stitch(span, part=part, ys=ys, xs=xs, band=band, row0=row0):
+                a, b = span
+                if classes:
+                    self.paste(part, ys, xs, band[a:b], row0 + a, self.k)
+                else:
+                    self.stitch(part, ys, xs, band[a:b], row0 + a)
+
+            n = workers.threads if workers is not None else 1
+            (workers or Workers(1)).run(stitch, split(band.shape[0], n))
             self.filled[int(row)] += len(sel)
 
     def pop_complete(self):

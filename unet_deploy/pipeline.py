@@ -22,15 +22,19 @@ from .metadata import ModelInfo
 from .normalize import Preprocess, preprocess_for
 from .readers import ArrayReader, ChannelReader, Reader
 from .tiling import RowSource, TilePlan, gather_batch, plan_tiles
+from .workers import Workers
 
 @dataclass
 class StageTimes:
     """Seconds spent per stage, accumulated over calls (benchmarks read these). ``gather`` runs
-    in a background thread, overlapped with ``infer``; ``stitch`` includes the argmax."""
+    in a background thread, overlapped with ``infer``; ``stitch`` includes the argmax;
+    ``write`` (``segment_file``) is the time handing bands to the output writer, including any
+    wait for its queue (compression behind)."""
 
     gather: float = 0.0
     infer: float = 0.0
     stitch: float = 0.0
+    write: float = 0.0
 
 
 class _Clock:
@@ -68,11 +72,14 @@ class Summary:
 def segment_plane(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
                   batch_size: int = 1, output: str = "labels",
                   on_tiles: Callable[[int], None] | None = None, cancel=None,
-                  times: StageTimes | None = None) -> Iterator[np.ndarray]:
+                  times: StageTimes | None = None, *, threads: int = 1) -> Iterator[np.ndarray]:
     """Yield the output of one plane as row bands, top to bottom.
 
     A background thread gathers batch k+1 into the spare buffer while the backend runs batch k;
     the caller consumes (writes) band r while later bands are still being computed.
+    ``threads``: host threads for the gather and stitch kernels (0 = all cores; the output is
+    the same for any number). A backend that ``computes_labels`` returns class maps for
+    ``output="labels"`` (1 byte per pixel), which the merger pastes instead of argmaxing.
     ``cancel``: a ``threading.Event`` checked between batches; once set, ``Cancelled`` is raised.
     ``times``: a ``StageTimes`` to accumulate per-stage seconds into."""
     info = backend.info
@@ -82,12 +89,14 @@ def segment_plane(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
     batches = [ids[i : i + batch_size] for i in range(0, plan.n_tiles, batch_size)]
     shape = (batch_size, info.in_channels, plan.tile_h, plan.tile_w)
     buffers = [np.empty(shape, np.float32), np.empty(shape, np.float32)]
+    labels = output == "labels" and getattr(backend, "computes_labels", False)
 
     def gather(k: int) -> np.ndarray:
         with _Clock(times, "gather"):
-            return gather_batch(source, plan, batches[k], prep, buffers[k % 2])
+            return gather_batch(source, plan, batches[k], prep, buffers[k % 2], workers)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="unet-gather") as pool:
+    with Workers(threads) as workers, \
+            ThreadPoolExecutor(1, thread_name_prefix="unet-gather") as pool:
         pending = pool.submit(gather, 0)
         for k, batch in enumerate(batches):
             tiles = pending.result()
@@ -96,9 +105,9 @@ def segment_plane(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
             if k + 1 < len(batches):
                 pending = pool.submit(gather, k + 1)
             with _Clock(times, "infer"):
-                probs = backend.infer(tiles)
+                out = backend.infer(tiles, labels=True) if labels else backend.infer(tiles)
             with _Clock(times, "stitch"):
-                merger.add(probs, batch)
+                merger.add(out, batch, workers)
             if on_tiles:
                 on_tiles(len(batch))
             yield from merger.pop_complete()
@@ -113,12 +122,15 @@ def segment_array(image: np.ndarray, model=None, *, backend=None, batch_size: in
                   tile: int | None = None, output: str = "labels",
                   threads: int = 0, times: StageTimes | None = None) -> np.ndarray:
     """Segment an in-memory 2-D image (H, W) or (H, W, C). Returns labels (H, W), instance
-    labels (H, W) or probabilities (H, W, K). ``times``: see ``segment_plane``."""
+    labels (H, W) or probabilities (H, W, K). ``times``: see ``segment_plane``.
+    ``backend``: an open ``Backend`` or a backend name (``backends.BACKENDS`` or one added
+    with ``backends.register_backend``). ``threads``: CPU threads for the backend and the
+    host stages (0 = all cores)."""
     from .backends import open_backend
 
     reader = ArrayReader(np.asarray(image))
-    own = backend is None
-    backend = backend or open_backend(model, threads=threads)
+    own = backend is None or isinstance(backend, str)
+    backend = open_backend(model, backend or "auto", threads=threads) if own else backend
     try:
         backend.activate()
         info = backend.info
@@ -126,7 +138,7 @@ def segment_array(image: np.ndarray, model=None, *, backend=None, batch_size: in
                           default_tile(info, tile))
         prep = preprocess_for(reader, info)
         bands = list(plane_bands(reader, plan, backend, prep, batch_size, output, None,
-                                 None, times))
+                                 None, times, threads=threads))
     finally:
         if own:
             backend.deactivate()
@@ -146,14 +158,15 @@ def plane_bands(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
                 batch_size: int = 1, output: str = "labels",
                 on_tiles: Callable[[int], None] | None = None, cancel=None,
                 times: StageTimes | None = None, *, max_object: int | None = None,
-                name: str = "") -> Iterator[np.ndarray]:
+                name: str = "", threads: int = 1) -> Iterator[np.ndarray]:
     """Bands of one plane in the requested output kind. Instances are streamed
     (``stream_instances``): exactly the whole-plane ``to_instances`` up to renumbering, with
     memory bounded by ``max_object`` (rows of context; ``ObjectTooLargeError`` names the fix
-    when an object needs more). Band heights then vary; ``name`` prefixes its errors."""
+    when an object needs more). Band heights then vary; ``name`` prefixes its errors.
+    ``threads``: host threads (see ``segment_plane``)."""
     if output != "instances":
         yield from segment_plane(reader, plan, backend, prep, batch_size, output, on_tiles,
-                                 cancel, times)
+                                 cancel, times, threads=threads)
         return
     from .postprocess import instance_classes
     from .stream_instances import DEFAULT_MAX_OBJECT, InstanceStream
@@ -162,7 +175,7 @@ def plane_bands(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
     stream = InstanceStream(plan.image_h, plan.image_w, info.instance_scheme, info.out_channels,
                             info.min_object_size, max_object or DEFAULT_MAX_OBJECT, name)
     for band in segment_plane(reader, plan, backend, prep, batch_size, "probabilities",
-                              on_tiles, cancel, times):
+                              on_tiles, cancel, times, threads=threads):
         yield from stream.push(instance_classes(band, info))
     stream.finish()
 
@@ -185,7 +198,8 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                  progress: bool = True, nan_policy: str = "error", cancel=None,
                  level: int | None = None, max_object: int | None = None,
                  on_tiles: Callable[[int], None] | None = None,
-                 channels: list[int] | None = None) -> Summary:
+                 channels: list[int] | None = None, compression: str = "zlib",
+                 times: StageTimes | None = None) -> Summary:
     """Segment a (huge) TIFF (or a PNG/JPEG) into a tiled, compressed BigTIFF; returns a Summary.
 
     Memory stays bounded: the input is memory-mapped or decoded band by band, and output bands
@@ -198,7 +212,11 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
     ``threading.Event`` checked between batches (``Cancelled``; nothing is written).
     ``backend``: a name, or an already open backend (several files, one model load; it is not
     closed here). ``on_tiles``: progress callback replacing the own progress bar.
-    ``channels``: feed only these channels of the input to the model."""
+    ``channels``: feed only these channels of the input to the model.
+    ``threads``: CPU threads for the backend, the host stages and the TIFF compression (0 = all
+    cores). ``compression``: "zlib" (default; every TIFF reader), "zstd" (smaller and faster;
+    Bio-Formats >= 6.11, libtiff >= 4.0.10, tifffile -- not ImageJ's own TIFF opener) or
+    "none". ``times``: a ``StageTimes`` to accumulate per-stage seconds into (benchmarks)."""
     from contextlib import nullcontext
 
     from tqdm import tqdm
@@ -221,16 +239,20 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                   disable=not progress or on_tiles is not None,
                   desc=Path(input_path).name, dynamic_ncols=True) as bar, \
                 open_writer(out, src, samples, dtype, output=output, class_names=info.classes,
-                            overwrite=overwrite) as writer:
+                            overwrite=overwrite,
+                            compression=None if compression == "none" else compression,
+                            threads=threads) as writer:
             for i in range(src.n_planes):
                 reader = src.plane(i)
                 if channels is not None:
                     reader = ChannelReader(reader, channels, str(input_path))
                 prep = preprocess_for(reader, info, str(input_path))
                 for band in plane_bands(reader, plan, be, prep, batch_size, output,
-                                        on_tiles or bar.update, cancel, max_object=max_object,
-                                        name=str(input_path)):
-                    writer.write_band(band)
+                                        on_tiles or bar.update, cancel, times,
+                                        max_object=max_object, name=str(input_path),
+                                        threads=threads):
+                    with _Clock(times, "write"):
+                        writer.write_band(band)
         name, reason = getattr(be, "choice", (be.name, ""))
         return Summary(src.height * src.width * src.n_planes, plan.n_tiles * src.n_planes,
                        time.perf_counter() - t0, src.n_planes, name, reason)

@@ -104,32 +104,43 @@ class _GuardedBackend:
     def info(self):
         return self.seg.info
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    @property
+    def computes_labels(self) -> bool:
+        return bool(getattr(self.seg._backend, "computes_labels", False))
+
+    def infer(self, batch: np.ndarray, labels: bool = False) -> np.ndarray:
         seg = self.seg
         seg._raise_if_unusable()
         n = len(batch)
         cap = seg._max_batch
         if n > cap:
-            return np.concatenate([self.infer(batch[i : i + cap]) for i in range(0, n, cap)])
+            parts = [self.infer(batch[i : i + cap], labels) for i in range(0, n, cap)]
+            if len({p.ndim for p in parts}) > 1:  # a CPU fallback mid-batch: probabilities
+                k = seg.info.out_channels
+                parts = [p if p.ndim == 3 else
+                         np.argmax(p, axis=1).astype(np.uint8 if k <= 256 else np.uint16)
+                         for p in parts]
+            return np.concatenate(parts)
         backend, lock = seg._backend, seg._infer_lock
+        labels = labels and bool(getattr(backend, "computes_labels", False))
         try:
             if lock is None:
-                out = backend.infer(batch)
+                out = backend.infer(batch, labels=True) if labels else backend.infer(batch)
             else:
                 with lock:
-                    out = backend.infer(batch)
+                    out = backend.infer(batch, labels=True) if labels else backend.infer(batch)
         except Exception as exc:  # noqa: BLE001 - every backend failure is handled here
             if is_out_of_memory(exc):
                 if n > 1:
                     seg._shrink_batch(n, exc)
-                    return self.infer(batch)
+                    return self.infer(batch, labels)
                 if seg._fallback_to_cpu(backend, exc):
-                    return self.infer(batch)
+                    return self.infer(batch, labels)
             raise seg._fail(exc) from exc
         if type(backend).infer is Backend.infer:
             return out  # the base class checked it (a failed check raised above)
         try:  # a caller's backend that overrides infer() itself
-            return check_output(out, n, seg.info.out_channels)
+            return check_output(out, n, seg.info.out_channels, labels)
         except BackendError as exc:
             raise seg._fail(exc) from None
 

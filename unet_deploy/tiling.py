@@ -144,18 +144,29 @@ class RowSource:
 
 
 def gather_batch(source: RowSource, plan: TilePlan, ids: np.ndarray, prep,
-                 out: np.ndarray) -> np.ndarray:
+                 out: np.ndarray, workers=None) -> np.ndarray:
     """Fill ``out[:len(ids)]`` with tiles ``ids`` (row-major plan indices), each mirror-padded
-    and mapped by ``prep`` (a ``normalize.Preprocess``: channel mix, offset, scale)."""
+    and mapped by ``prep`` (a ``normalize.Preprocess``: channel mix, offset, scale).
+    ``workers``: a ``workers.Workers`` that cuts each tile row's tiles into chunks gathered on
+    several threads (source rows are still fetched here, in order, one tile row at a time)."""
     from .kernels import gather_tiles
+    from .workers import Workers, split
 
+    workers = workers or Workers(1)
     rows = ids // plan.cols
     for row in np.unique(rows):
         sel = np.flatnonzero(rows == row)
         ys, xs = plan.in_origins(int(row))
         cols = ids[sel] % plan.cols
+        ys, xs = ys[cols], xs[cols]
         src, row0 = source.rows_for(int(row))
         # Tiles of one row are contiguous in ids, so out[sel] is a contiguous slice.
-        gather_tiles(src, row0, plan.image_h, ys[cols], xs[cols], prep.mix, prep.offset,
-                     prep.scale, out[sel[0] : sel[-1] + 1])
+        dest = out[sel[0] : sel[-1] + 1]
+
+        def gather(span, src=src, row0=row0, ys=ys, xs=xs, dest=dest):
+            a, b = span
+            gather_tiles(src, row0, plan.image_h, ys[a:b], xs[a:b], prep.mix, prep.offset,
+                         prep.scale, dest[a:b])
+
+        workers.run(gather, split(len(sel), workers.threads))
     return out[: len(ids)]

@@ -6,6 +6,11 @@ specs and a ``libcuda`` device count through ctypes; nothing heavy is imported u
 is really opened. TensorRT is only chosen for an ONNX model when a matching engine already
 exists (``<model>.engine`` beside it or in the engine cache); engines are never built
 implicitly. A model path ending in ``.engine`` always means TensorRT.
+
+Own runtimes plug in by name: ``register_backend(name, factory)`` (or an installed package's
+``unet_deploy.backends`` entry point, looked up only when an unknown name is asked for), and
+then ``backend=name`` works in ``segment_file``, ``segment_array`` and ``Segmenter``, and
+``--backend name`` in the CLI. ``auto`` never picks a registered backend.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import ctypes
 import functools
 import importlib.util
 import re
+import threading
 from pathlib import Path
+from typing import Callable
 
 from ..errors import BackendError, ModelError
 from .base import Backend
@@ -22,6 +29,73 @@ from .base import Backend
 BACKENDS = ("auto", "tensorrt", "onnxruntime-gpu", "torch-cuda", "onnxruntime-cpu",
             "onnxruntime", "onnxruntime-int8", "torch-cpu")
 AUTO_ORDER = ("tensorrt", "onnxruntime-gpu", "torch-cuda", "onnxruntime-cpu")
+ENTRY_POINT_GROUP = "unet_deploy.backends"
+
+
+# ------------------------------------------------------------------ the registry
+
+_registry: dict[str, Callable[..., Backend]] = {}
+_registry_lock = threading.Lock()
+
+
+def register_backend(name: str, factory: Callable[..., Backend], *,
+                     replace: bool = False) -> None:
+    """Make ``name`` a backend: ``factory(model_path, threads)`` is called with the resolved
+    model file (``pathlib.Path``) and the CPU thread count (0 = all), and returns a ``Backend``
+    (not yet activated; subclass ``backends.base.Backend`` and implement ``_activate`` and
+    ``_infer``, optionally ``_infer_labels``). Built-in names cannot be taken; registering a
+    name twice needs ``replace=True``."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise ValueError(f"backend name {name!r}: use letters, digits and . _ + - only")
+    if name in BACKENDS:
+        raise ValueError(f"backend name {name!r} is built in; choose another name")
+    if not callable(factory):
+        raise TypeError(f"register_backend({name!r}, ...): factory must be callable")
+    with _registry_lock:
+        if name in _registry and not replace:
+            raise ValueError(f"backend {name!r} is already registered; pass replace=True to "
+                             f"replace it")
+        _registry[name] = factory
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a registered backend (no error when it is not registered)."""
+    with _registry_lock:
+        _registry.pop(name, None)
+
+
+def registered_backends() -> tuple[str, ...]:
+    with _registry_lock:
+        return tuple(sorted(_registry))
+
+
+def _registered(name: str) -> Callable[..., Backend] | None:
+    """The factory for ``name``: registered in this process, else an installed package's
+    entry point (loaded and registered on first use)."""
+    with _registry_lock:
+        factory = _registry.get(name)
+    if factory is not None or name in BACKENDS:
+        return factory
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            try:
+                factory = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plugin: say which and why
+                raise BackendError(f"backend {name!r} (entry point {ep.value}) cannot be "
+                                   f"loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                                   f"reinstall the package that provides it") from exc
+            with _registry_lock:
+                _registry.setdefault(name, factory)
+            return factory
+    return None
+
+
+def _unknown(backend: str) -> BackendError:
+    names = list(BACKENDS) + list(registered_backends())
+    return BackendError(f"unknown backend {backend!r}; choose one of {', '.join(names)} (or "
+                        f"register your own with unet_deploy.backends.register_backend)")
 
 
 # ------------------------------------------------------------------ cheap probes
@@ -84,13 +158,18 @@ def _engine_for(model: Path) -> tuple[Path | None, str]:
     cached = E.EngineCache().find_for_onnx(model, env)
     if cached:
         candidates.append(cached)
+    # Every candidate is tried: a stale engine beside the model must not hide a valid one in
+    # the cache (or the other way round).
+    unusable = []
     for cand in candidates:
         if cand.is_file():
             try:
                 E.check_manifest(E.read_manifest(cand), cand, env, onnx_path=model)
                 return cand, f"engine {cand} matches this GPU and TensorRT"
             except ModelError as exc:
-                return None, f"engine {cand} not usable: {exc}"
+                unusable.append(f"engine {cand} not usable: {exc}")
+    if unusable:
+        return None, "; ".join(unusable)
     return None, (f"no engine built for {model.name} (build one: unet-deploy build-engine "
                   f"{model} -o {model.with_suffix('.engine')})")
 
@@ -126,7 +205,9 @@ def availability(name: str, model: Path | None = None) -> tuple[bool, str]:
         return True, "ONNX Runtime CPU is always available"
     if name == "torch-cpu":
         return (_has("torch"), "PyTorch CPU" if _has("torch") else "PyTorch is not installed")
-    raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if _registered(name) is not None:
+        return True, "registered backend"
+    raise _unknown(name)
 
 
 def choose_backend(model=None, backend: str = "auto") -> tuple[str, str]:
@@ -134,7 +215,9 @@ def choose_backend(model=None, backend: str = "auto") -> tuple[str, str]:
     from ..model_store import resolve_model
 
     if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if _registered(backend) is None:
+            raise _unknown(backend)
+        return backend, "registered backend"
     path = resolve_model(model)
     if path.suffix == ".engine":
         if backend not in ("auto", "tensorrt"):
@@ -169,6 +252,21 @@ def open_backend(model=None, backend: str = "auto", threads: int = 0, *,
 
     name, reason = choose_backend(model, backend)
     path = resolve_model(model)
+    factory = _registered(name) if name not in BACKENDS else None
+    if factory is not None:
+        try:
+            b = factory(path, threads)
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - someone else's code: one line, their name
+            raise BackendError(f"registered backend {name!r} failed to open {path.name}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")\
+                from exc
+        if not isinstance(b, Backend):
+            raise BackendError(f"registered backend {name!r} returned {type(b).__name__}, not "
+                               f"a unet_deploy.backends.base.Backend; subclass Backend")
+        b.choice = (name, reason)
+        return b
     if name == "tensorrt":
         from .tensorrt import TensorRTBackend
 
@@ -210,4 +308,5 @@ def int8_model_for(path: Path) -> Path:
 
 
 __all__ = ["Backend", "open_backend", "choose_backend", "availability", "BACKENDS",
-           "AUTO_ORDER", "cuda_device_count"]
+           "AUTO_ORDER", "cuda_device_count", "register_backend", "unregister_backend",
+           "registered_backends"]
