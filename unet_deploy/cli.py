@@ -381,14 +381,33 @@ def export_bioimageio(
     model: str = typer.Argument(..., help="Shipped model name or .onnx path."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", show_default="MODEL.zip",
                                        help="bioimage.io model package (.zip)."),
+    licence: Optional[str] = typer.Option(None, "--license", show_default="from the model",
+                                          help="SPDX id of the weights' licence."),
+    sample: Optional[Path] = typer.Option(None, "--sample", show_default="a synthetic image",
+                                          help="Image for the test tensors and the cover."),
+    author: Optional[List[str]] = typer.Option(None, "--author",
+                                               show_default="unet-deploy contributors",
+                                               help="Author name; repeat for several."),
+    cite: Optional[List[str]] = typer.Option(None, "--cite",
+                                             help="Extra citation 'TEXT | DOI or URL' (the "
+                                                  "training data); repeat for several."),
+    validate: bool = typer.Option(False, "--validate",
+                                  help="Run bioimage.io's reference test on the package "
+                                       "(needs the bioimageio extra)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ):
     """Package a model for bioimage.io (deepImageJ, ilastik, bioimage.io tools): ONNX weights,
     axes with the legal-size rule, halo, percentile preprocessing, test tensors, cover, citations."""
-    from .bioimageio import export_package
+    from .bioimageio import export_package, validate_package
 
-    result = export_package(model, out, overwrite=overwrite)
+    if validate:
+        require("export-bioimageio --validate", "bioimageio", "bioimageio.spec")
+    result = export_package(model, out, licence=licence, sample=sample, authors=author or None,
+                            cite=cite or None, overwrite=overwrite)
     typer.echo(result.summary())
+    if validate:
+        validator, status = validate_package(result.path)
+        typer.echo(f"{result.path}: {validator}: {status}")
 
 
 def build_for_output(model, out, *, precision: str = "fp16", batch: int = 8,
