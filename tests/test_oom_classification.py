@@ -93,7 +93,7 @@ class Failing(Backend):
 
 def test_non_oom_failure_is_not_retried_smaller_or_on_cpu(tiny_model, real_crop):
     be = Failing(tiny_model, "no room left in queue")
-    with Segmenter(tiny_model, backend=be, batch_size=8, warmup=False) as s:
+    with Segmenter(tiny_model, backend=be, batch_size=8, warmup=False, tile=92) as s:
         with pytest.raises(BackendError, match="no room left in queue"):
             s(real_crop)
         h = s.health()
@@ -103,7 +103,7 @@ def test_non_oom_failure_is_not_retried_smaller_or_on_cpu(tiny_model, real_crop)
 
 def test_real_oom_is_retried(tiny_model, real_crop):
     be = Failing(tiny_model, "CUDA out of memory. Tried to allocate 2.00 GiB")
-    with Segmenter(tiny_model, backend=be, batch_size=8, warmup=False) as s:
+    with Segmenter(tiny_model, backend=be, batch_size=8, warmup=False, tile=92) as s:
         with pytest.warns(RuntimeWarning, match="out of memory"):
             got = s(real_crop)
         assert s.health()["fallback"]

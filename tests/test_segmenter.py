@@ -207,7 +207,7 @@ def test_cancel_queued_and_running(tiny_model, real_crop):
         time.sleep(0.03)
 
     be = FakeBackend(tiny_model, slow)
-    with Segmenter(backend=be, batch_size=1, warmup=False) as s:
+    with Segmenter(backend=be, batch_size=1, warmup=False, tile=92) as s:
         long_job = s.submit(real_crop)  # 56 tiles x 30 ms
         queued = s.submit(real_crop)
         assert started.wait(30)
@@ -257,7 +257,7 @@ def test_backend_failure_marks_failed_then_restart(tiny_model, crop):
 @pytest.mark.parametrize("mangle", [lambda o: o * np.nan, lambda o: o[:, :1], lambda o: o[:1]])
 def test_garbage_output_is_refused(tiny_model, crop, mangle):
     be = FakeBackend(tiny_model, mangle=mangle)
-    with Segmenter(backend=be, batch_size=2, warmup=False) as s:
+    with Segmenter(backend=be, batch_size=2, warmup=False, tile=92) as s:
         with pytest.raises(BackendError):
             s(crop)
         assert s.health()["status"] == "failed"
@@ -270,7 +270,7 @@ def test_oom_halves_batch_then_same_output(tiny_model, real_crop):
 
     ref = segment_array(real_crop, tiny_model, batch_size=1)
     be = FakeBackend(tiny_model, oom_over_1)
-    with Segmenter(backend=be, batch_size=8, warmup=False) as s:
+    with Segmenter(backend=be, batch_size=8, warmup=False, tile=92) as s:
         with pytest.warns(RuntimeWarning, match="out of memory"):
             got = s(real_crop)
         np.testing.assert_array_equal(got, ref)

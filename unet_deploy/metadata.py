@@ -45,6 +45,13 @@ class ModelInfo:
     min_object_size: int = 10  # instances smaller than this (pixels) are dropped
     # instances: a pixel is foreground when P(class 0) < this; None = argmax
     foreground_threshold: float | None = None
+    # test-time augmentation when none is asked for: "none" | "flips" | "d4" (see tta.py)
+    tta: str = "none"
+    # binary scheme: "components" (connected cells) | "watershed" (seeded watershed on the
+    # membrane probability, see em_watershed.py) with its h-minima depth and seed distance
+    binary_method: str = "components"
+    watershed_h: float = 2.0
+    watershed_min_distance: float = 0.0
     batch_norm: bool = False
     dropout: float = 0.0
     licence: str = ""

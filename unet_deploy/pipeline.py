@@ -21,7 +21,7 @@ from .merger import BandMerger
 from .metadata import ModelInfo
 from .normalize import Preprocess, preprocess_for
 from .readers import ArrayReader, ChannelReader, Reader
-from .tiling import RowSource, TilePlan, gather_batch, plan_tiles
+from .tiling import RowSource, TilePlan, gather_batch, plan_for
 from .workers import Workers
 
 @dataclass
@@ -120,13 +120,15 @@ def default_tile(info: ModelInfo, tile: int | None) -> int:
 
 def segment_array(image: np.ndarray, model=None, *, backend=None, batch_size: int = 1,
                   tile: int | None = None, output: str = "labels",
-                  threads: int = 0, times: StageTimes | None = None) -> np.ndarray:
+                  threads: int = 0, times: StageTimes | None = None,
+                  tta: str | None = None) -> np.ndarray:
     """Segment an in-memory 2-D image (H, W) or (H, W, C). Returns labels (H, W), instance
     labels (H, W) or probabilities (H, W, K). ``times``: see ``segment_plane``.
     ``backend``: an open ``Backend`` or a backend name (``backends.BACKENDS`` or one added
     with ``backends.register_backend``). ``threads``: CPU threads for the backend and the
-    host stages (0 = all cores)."""
+    host stages (0 = all cores). ``tile``, ``tta``: see ``segment_file``."""
     from .backends import open_backend
+    from .tta import with_tta
 
     reader = ArrayReader(np.asarray(image))
     own = backend is None or isinstance(backend, str)
@@ -134,10 +136,10 @@ def segment_array(image: np.ndarray, model=None, *, backend=None, batch_size: in
     try:
         backend.activate()
         info = backend.info
-        plan = plan_tiles(reader.height, reader.width, info.geometry,
-                          default_tile(info, tile))
+        plan = plan_for(reader.height, reader.width, info, tile, batch_size, backend)
         prep = preprocess_for(reader, info)
-        bands = list(plane_bands(reader, plan, backend, prep, batch_size, output, None,
+        bands = list(plane_bands(reader, plan, with_tta(backend, tta), prep, batch_size,
+                                 output, None,
                                  None, times, threads=threads))
     finally:
         if own:
@@ -199,7 +201,7 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                  level: int | None = None, max_object: int | None = None,
                  on_tiles: Callable[[int], None] | None = None,
                  channels: list[int] | None = None, compression: str = "zlib",
-                 times: StageTimes | None = None) -> Summary:
+                 tta: str | None = None, times: StageTimes | None = None) -> Summary:
     """Segment a (huge) TIFF (or a PNG/JPEG) into a tiled, compressed BigTIFF; returns a Summary.
 
     Memory stays bounded: the input is memory-mapped or decoded band by band, and output bands
@@ -216,7 +218,9 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
     ``threads``: CPU threads for the backend, the host stages and the TIFF compression (0 = all
     cores). ``compression``: "zlib" (default; every TIFF reader), "zstd" (smaller and faster;
     Bio-Formats >= 6.11, libtiff >= 4.0.10, tifffile -- not ImageJ's own TIFF opener) or
-    "none". ``times``: a ``StageTimes`` to accumulate per-stage seconds into (benchmarks)."""
+    "none". ``tile``: None = the cost-optimal plan (``tiling.plan_for``). ``tta``: "none" |
+    "flips" | "d4" test-time augmentation (``tta.py``); None = the model's default.
+    ``times``: a ``StageTimes`` to accumulate per-stage seconds into (benchmarks)."""
     from contextlib import nullcontext
 
     from tqdm import tqdm
@@ -224,6 +228,7 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
     from .backends import open_backend
     from .io import check_output, open_image
     from .outputs import open_writer
+    from .tta import with_tta
 
     out = default_output_path(input_path, output) if output_path is None else Path(output_path)
     check_output(out, input_path, overwrite)
@@ -233,7 +238,8 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
             (open_backend(model, backend, threads=threads) if isinstance(backend, str)
              else nullcontext(backend.activate())) as be:
         info = be.info
-        plan = plan_tiles(src.height, src.width, info.geometry, default_tile(info, tile))
+        plan = plan_for(src.height, src.width, info, tile, batch_size, be)
+        run = with_tta(be, tta)
         samples, dtype = output_format(output, info)
         with tqdm(total=plan.n_tiles * src.n_planes, unit="tile",
                   disable=not progress or on_tiles is not None,
@@ -247,7 +253,7 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                 if channels is not None:
                     reader = ChannelReader(reader, channels, str(input_path))
                 prep = preprocess_for(reader, info, str(input_path))
-                for band in plane_bands(reader, plan, be, prep, batch_size, output,
+                for band in plane_bands(reader, plan, run, prep, batch_size, output,
                                         on_tiles or bar.update, cancel, times,
                                         max_object=max_object, name=str(input_path),
                                         threads=threads):

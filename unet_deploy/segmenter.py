@@ -153,7 +153,8 @@ class Segmenter:
     model: shipped model name or ONNX path (default ``nuclei``).
     backend: backend name (see ``unet_deploy.backends.BACKENDS``) or a ``Backend`` instance.
     batch_size: tiles per backend call (large frames); small frames use fewer.
-    tile: input tile side (default: the model's).
+    tile: input tile side (default: the cost-optimal plan for each frame size,
+        ``tiling.plan_for``).
     threads: backend threads (0 = all cores).
     output: ``labels`` (uint8 classes), ``probabilities`` (float32 (H, W, K)) or ``instances``
         (uint32 object labels; models with an instance scheme).
@@ -161,12 +162,18 @@ class Segmenter:
     workers: threads running ``submit()`` jobs (default 1: jobs run in submission order).
     warmup: segment dummy frames at start so Numba kernels are compiled (or loaded from their
         cache) before the first real frame.
+    tta: test-time augmentation ``none`` | ``flips`` | ``d4`` (``tta.py``); None = the model's
+        default (metadata ``tta``).
     """
 
     def __init__(self, model: str | Path | None = "nuclei", backend="auto", batch_size: int = 4,
                  tile: int | None = None, threads: int = 0, output: str = "labels",
-                 nan_policy: str = "error", workers: int = 1, warmup: bool = True):
+                 nan_policy: str = "error", workers: int = 1, warmup: bool = True,
+                 tta: str | None = None):
         from .pipeline import OUTPUTS
+        from .tta import TTABackend, check_mode, resolve_mode
+
+        check_mode(tta)
 
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
@@ -195,6 +202,9 @@ class Segmenter:
         self._open_backend()
         try:
             self._guard = _GuardedBackend(self)
+            self.tta = resolve_mode(tta, self.info)
+            self._run = self._guard if self.tta == "none" else \
+                TTABackend(self._guard, self.tta).activate()
             if warmup:
                 self.warmup()
         except BaseException:
@@ -401,13 +411,12 @@ class Segmenter:
             yield f.result()
 
     def _plan(self, h: int, w: int):
-        from .pipeline import default_tile
-        from .tiling import plan_tiles
+        from .tiling import plan_for
 
         key = (h, w)
         plan = self._plans.get(key)
         if plan is None:
-            plan = plan_tiles(h, w, self.info.geometry, default_tile(self.info, self.tile))
+            plan = plan_for(h, w, self.info, self._tile_arg, self.batch_size, self._backend)
             if len(self._plans) > 256:  # mixed sizes for days: keep the cache bounded
                 self._plans.clear()
             self._plans[key] = plan
@@ -475,7 +484,7 @@ class Segmenter:
         with self._state_lock:
             self._calls += 1
         try:
-            bands = list(plane_bands(reader, plan, self._guard, prep, batch, self.output, None,
+            bands = list(plane_bands(reader, plan, self._run, prep, batch, self.output, None,
                                       cancel))
         except UnetDeployError:
             raise
