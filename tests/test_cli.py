@@ -121,7 +121,7 @@ MISTAKES = [
     (["segment"], 2, "Missing argument"),
     (["segment", EXAMPLE, "--batch-size", "0"], 2, "--batch-size"),
     (["segment", EXAMPLE, "--nan-policy", "ignore"], 2, "'error', 'zero'"),
-    (["segment", "{tmp}/empty"], 3, "no images"),
+    (["segment", "{tmp}/empty"], 3, "directory with no images"),
     (["segment", "{tmp}/missing.tif"], 3, "not found"),
     (["segment", "{tmp}/*.nothing"], 3, "no files match"),
     (["segment", EXAMPLE, "--model", "no-such-model"], 4, "not a file and not a shipped model"),

@@ -107,7 +107,7 @@ def test_nan_policy(seg, tiny_model, crop, nan_zero_reference):
     frame[3, 4] = np.nan
     frame[10, 11] = np.inf
     before = frame.copy()
-    with pytest.raises(InputError, match=r"2 NaN/Inf pixel\(s\).*--nan-policy zero"):
+    with pytest.raises(InputError, match=r"2 NaN/Inf pixel\(s\).*NaN policy to 'zero'"):
         seg(frame)
     with Segmenter(tiny_model, nan_policy="zero", warmup=False) as s:
         got = s(frame)

@@ -31,8 +31,9 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
                            and not any(t in p.name for t in OWN_OUTPUT_TAGS)
                            and not p.name.startswith("."))
             if not files:
-                raise InputError(f"{path}: no images ({' '.join(IMAGE_SUFFIXES)}) in this "
-                                 f"folder; pass image files, a folder of images or a glob")
+                raise InputError(f"{path}: a directory with no images "
+                                 f"({' '.join(IMAGE_SUFFIXES)}) in it; pass image files, a "
+                                 f"folder of images or a glob")
             found += files
         elif path.exists():
             found.append(path)

@@ -139,7 +139,7 @@ def preprocess_for(reader: Reader, info: ModelInfo, where: str = "image",
         bad = count_nonfinite(reader)
         if bad:
             raise InputError(f"{where}: {bad} NaN/Inf pixel(s) in a float image; clean the image "
-                             f"or pass --nan-policy zero (treats them as 0)")
+                             f"or set the NaN policy to 'zero' (treats them as 0)")
     mix = channel_mix(reader.channels, info.in_channels, where)
     mixed = sample_statistics_input(plane_sample(reader), mix)
     pairs = [offset_scale(mixed[c], info.normalization) for c in range(info.in_channels)]

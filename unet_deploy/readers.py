@@ -45,6 +45,11 @@ class ArrayReader:
     nan_policy = "error"
 
     def __init__(self, image: np.ndarray):
+        if image.ndim == 3 and image.shape[0] == 1 and image.shape[2] > 4:
+            image = image[0]  # (1, H, W): a stack of one plane, not H columns of W channels
+        elif image.ndim == 3 and 1 < image.shape[0] <= 4 < image.shape[2]:
+            raise InputError(f"array of shape {image.shape} looks channel-first (C, H, W); pass "
+                             f"(H, W, C), e.g. np.moveaxis(image, 0, -1), or one plane")
         if image.ndim == 2:
             image = image[:, :, None]
         if image.ndim != 3:
