@@ -48,9 +48,10 @@ class ModelInfo:
     # test-time augmentation when none is asked for: "none" | "flips" | "d4" (see tta.py)
     tta: str = "none"
     # binary scheme: "components" (connected cells) | "watershed" (seeded watershed on the
-    # membrane probability, see em_watershed.py) with its h-minima depth and seed distance
+    # membrane probability, see em_watershed.py) with its h-minima depth (probability units)
+    # and the seeds' least distance (px) from the predicted membrane
     binary_method: str = "components"
-    watershed_h: float = 2.0
+    watershed_h: float = 0.1
     watershed_min_distance: float = 0.0
     batch_norm: bool = False
     dropout: float = 0.0

@@ -37,3 +37,19 @@ def to_instances(labels: np.ndarray, info: ModelInfo, min_size: int | None = Non
         return instances_from_three_class(labels, min_size=min_size).astype(np.uint32)
     return instances_from_binary(labels == info.out_channels - 1,
                                  min_size=min_size).astype(np.uint32)
+
+
+def needs_whole_plane(info: ModelInfo) -> bool:
+    """True when the instances come from the whole plane's probabilities and cannot be
+    streamed band by band: the EM seeded watershed (``binary_method = "watershed"``)."""
+    return info.instance_scheme != "three_class" and info.binary_method == "watershed"
+
+
+def instances_from_probabilities(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """(H, W, K) probabilities of a whole plane → uint32 instance labels by the model's
+    settings (the EM watershed, ``em_watershed.py``, or the class-map schemes above)."""
+    if needs_whole_plane(info):
+        from .em_watershed import instances_for
+
+        return instances_for(probs, info)
+    return to_instances(instance_classes(probs, info), info)
