@@ -10,6 +10,7 @@ deliberately NOT ``parallel=True``: ONNX Runtime owns the cores, and
   channel mixing and normalisation.
 * :mod:`.stitch` -- writing tiles back (argmax labels, probabilities, or class
   maps a backend already computed).
+* :mod:`.reduce` -- 2x2 mode of label maps (resolution pyramids).
 
 The compiled code is cached outside the installed package (:mod:`.caching`), so an
 uninstall leaves nothing behind that could shadow a later install.
@@ -20,6 +21,7 @@ from .caching import cache_outside_package
 with cache_outside_package():
     from .gather import gather_tiles, gather_tiles_numpy
     from .mirror import mirror_index, mirror_indices
+    from .reduce import mode_2x2, mode_2x2_numpy
     from .stitch import (
         stitch_classes,
         stitch_classes_numpy,
@@ -32,6 +34,8 @@ with cache_outside_package():
 __all__ = [
     "mirror_index",
     "mirror_indices",
+    "mode_2x2",
+    "mode_2x2_numpy",
     "gather_tiles",
     "gather_tiles_numpy",
     "stitch_classes",
