@@ -224,3 +224,240 @@ def test_build_dispatch_onnx_output_is_cpu_int8(tiny_onnx, decisive_model, blob_
         from unet_deploy.errors import BackendError
         with pytest.raises(BackendError, match="TensorRT is not installed"):
             build_for_output(tiny_onnx, tmp_path / "m.engine", precision="fp16")
+
+
+# ------------------------------------------- build_engine orchestration on a fake TensorRT
+
+def fake_tensorrt_builder(version="10.13.0.35", timing=None, build_ok=True):
+    """``fake_tensorrt`` plus the builder API build_engine drives. ``timing``: how the timing
+    cache calls behave ("ok" | "create_none" | "mismatch" | "never"). The fake build calls the
+    INT8 calibrator the way TensorRT does -- at the opt batch, reading ``batch`` rows from the
+    pointer it is given -- and records what it saw on ``trt.log``."""
+    trt = fake_tensorrt(version, fp16=True)
+    trt.BuilderFlag = types.SimpleNamespace(FP16=0, BF16=1, INT8=2, TF32=3)
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
+    log = trt.log = {"set": [], "cleared": [], "calib": [], "timing": []}
+    timing = timing or "ok"
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self):
+            pass
+
+    class Cache:
+        def __init__(self, data):
+            self.data = data
+
+        def serialize(self):
+            return b"TC:" + bytes(self.data)
+
+    class Config:
+        int8_calibrator = None
+
+        def __init__(self):
+            self.flags = {trt.BuilderFlag.TF32}  # TensorRT's default: TF32 on
+            self.cache = None
+
+        def set_memory_pool_limit(self, pool, size):
+            pass
+
+        def set_flag(self, f):
+            log["set"].append(f)
+            self.flags.add(f)
+
+        def clear_flag(self, f):
+            log["cleared"].append(f)
+            self.flags.discard(f)
+
+        def add_optimization_profile(self, profile):
+            self.profile = profile
+
+        def set_calibration_profile(self, profile):
+            pass
+
+        def create_timing_cache(self, data):
+            log["timing"].append(("create", bytes(data)))
+            if timing == "never" or (timing == "create_none" and data):
+                return None
+            return Cache(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            ok = not (timing == "mismatch" and cache.data)
+            log["timing"].append(("set", bytes(cache.data), ok))
+            if ok:
+                self.cache = cache
+            return ok
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes = (lo, opt, hi)
+
+    class Network:
+        def get_input(self, i):
+            return types.SimpleNamespace(name="image")
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse(self, data):
+            return True
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            log["flags"] = sorted(config.flags)
+            cal = config.int8_calibrator
+            if cal is not None:
+                opt_batch = config.profile.shapes[1][0]
+                assert cal.get_batch_size() == opt_batch
+                while (ptr := cal.get_batch(["image"])) is not None:
+                    # TensorRT reads opt_batch tiles from ptr: the buffer must hold them
+                    log["calib"].append((tuple(cal.device.shape), ptr == [cal.device.data_ptr()]))
+            return b"PLAN-" + bytes(str(sorted(config.flags)), "ascii") if build_ok else None
+
+    trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+    trt.Builder, trt.OnnxParser = Builder, Parser
+    return trt
+
+
+@pytest.fixture
+def fake_build(monkeypatch, tiny_onnx):
+    """Run build_engine against a fake TensorRT; the gate's engine run is replaced by ONNX
+    Runtime on the same tiles (``state['mangle']`` can spoil it)."""
+    from unet_deploy.gate import run_onnx
+
+    state = {"mangle": None}
+
+    def run_serialized(trt, data, tiles, batch):
+        got = run_onnx(tiny_onnx, tiles)
+        return state["mangle"](got) if state["mangle"] else got
+
+    def install(**kw):
+        trt = fake_tensorrt_builder(**kw)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        return trt
+
+    monkeypatch.setattr(engine_build, "_run_serialized", run_serialized)
+    monkeypatch.setattr(engine_build, "CALIBRATION_DEVICE", "cpu")
+    state["install"] = install
+    return state
+
+
+def test_build_fp16_flags_manifest_and_timing_cache(fake_build, tiny_onnx, tmp_path):
+    trt = fake_build["install"]()
+    tc = tmp_path / "tc.bin"
+    res = engine_build.build_engine(tiny_onnx, tmp_path / "m.engine", precision="fp16", batch=2,
+                                    tile=92, timing_cache=tc, env=H100)
+    m = read_manifest(res.engine)
+    assert m.build_flags == ["FP16"] and m.gate["passed"] and not m.strongly_typed
+    assert trt.log["set"] == [trt.BuilderFlag.FP16] and trt.log["cleared"] == []
+    assert res.engine.read_bytes().startswith(b"PLAN-") and tc.read_bytes() == b"TC:"
+    check_manifest(m, res.engine, H100, onnx_path=tiny_onnx)  # loadable as built
+    # second build reuses the written cache
+    engine_build.build_engine(tiny_onnx, tmp_path / "n.engine", precision="fp16", batch=2,
+                              tile=92, timing_cache=tc, env=H100)
+    assert trt.log["timing"][-1] == ("set", b"TC:", True)
+
+
+def test_build_fp32_clears_tf32(fake_build, tiny_onnx, tmp_path):
+    """TensorRT runs fp32 layers in TF32 by default; an fp32 engine is not gated, so TF32 is
+    cleared (and recorded: the cache key differs from a TF32 build)."""
+    trt = fake_build["install"]()
+    res = engine_build.build_engine(tiny_onnx, tmp_path / "m.engine", precision="fp32",
+                                    batch=2, tile=92, env=H100)
+    assert trt.log["cleared"] == [trt.BuilderFlag.TF32]
+    assert trt.BuilderFlag.TF32 not in trt.log["flags"]
+    assert res.manifest.build_flags == ["NO_TF32"] and res.manifest.gate is None
+
+
+@pytest.mark.parametrize("mode", ["create_none", "mismatch", "never"])
+def test_build_survives_unusable_timing_cache(fake_build, tiny_onnx, tmp_path, mode):
+    trt = fake_build["install"](timing=mode)
+    tc = tmp_path / "tc.bin"
+    tc.write_bytes(b"cache from another GPU")
+    with pytest.warns(RuntimeWarning, match="timing cache"):
+        res = engine_build.build_engine(tiny_onnx, tmp_path / "m.engine", precision="fp16",
+                                        batch=2, tile=92, timing_cache=tc, env=H100)
+    assert res.engine.is_file()
+    if mode == "never":  # no cache at all: nothing to write back, the old file stays
+        assert tc.read_bytes() == b"cache from another GPU"
+    else:  # fell back to an empty cache, rewritten after the build
+        assert ("create", b"") in trt.log["timing"] and tc.read_bytes() == b"TC:"
+
+
+@pytest.mark.parametrize("n_images, batch", [(1, 8), (3, 2)])
+def test_int8_calibrator_buffer_holds_a_full_batch(fake_build, tiny_onnx, tmp_path, n_images,
+                                                   batch):
+    """TensorRT 10 calibrates at the opt shape (batch, ...): with fewer tiles than --batch
+    (or a short last batch) the buffer must still hold ``batch`` rows."""
+    trt = fake_build["install"]()
+    rng = np.random.default_rng(0)
+    import tifffile
+
+    imgs = []
+    for i in range(n_images):
+        imgs.append(tmp_path / f"cal{i}.tif")
+        tifffile.imwrite(imgs[-1], rng.integers(0, 3000, (100, 100)).astype(np.uint16))
+    res = engine_build.build_engine(tiny_onnx, tmp_path / "m.engine", precision="int8",
+                                    batch=batch, tile=92, calibration=imgs, calibration_tiles=5,
+                                    env=H100, min_agreement=0.0)
+    assert trt.log["calib"], "the calibrator was never asked"
+    assert all(shape[0] == batch and same_buffer for shape, same_buffer in trt.log["calib"])
+    assert res.manifest.build_flags == ["INT8", "FP16"]
+    tiles = np.arange(3)[:, None]
+    np.testing.assert_array_equal(engine_build.calibration_batches(tiles, 8)[:, 0],
+                                  [0, 1, 2, 0, 1, 2, 0, 1])
+
+
+def test_gate_rejection_writes_nothing(fake_build, tiny_onnx, tmp_path):
+    fake_build["install"]()
+    fake_build["mangle"] = lambda p: p[:, ::-1].copy()  # another class wins everywhere
+    out = tmp_path / "m.engine"
+    with pytest.raises(ModelError, match="rejected by the accuracy gate"):
+        engine_build.build_engine(tiny_onnx, out, precision="fp16", batch=2, tile=92, env=H100)
+    assert not out.exists() and not manifest_path(out).exists()
+
+
+def test_build_failure_is_one_line(fake_build, tiny_onnx, tmp_path):
+    fake_build["install"](build_ok=False)
+    with pytest.raises(ModelError, match="failed to build a fp16 engine"):
+        engine_build.build_engine(tiny_onnx, tmp_path / "m.engine", precision="fp16", batch=2,
+                                  tile=92, env=H100)
+
+
+def test_stale_sibling_engine_does_not_hide_a_cached_one(tiny_onnx, tmp_path, monkeypatch):
+    """_engine_for tries every candidate: a stale model.engine beside the ONNX file must not
+    hide a valid engine in the cache."""
+    from unet_deploy import backends as B
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
+    stale, _ = write_engine(tmp_path, model, env=Environment("9.0.0", H100.gpu_name, "9.0"))
+    cache = EngineCache(tmp_path / "cache")
+    good, _ = write_engine(tmp_path, model, name="good.engine")
+    cached = cache.store(good)
+    monkeypatch.setattr(E, "current_environment", lambda: H100)
+    monkeypatch.setenv("UNET_DEPLOY_ENGINE_CACHE", str(cache.dir))
+    path, why = B._engine_for(model)
+    assert stale == model.with_suffix(".engine")
+    assert path == cached and "matches" in why
+    cached.unlink()  # only the stale one left: its reason is given
+    path, why = B._engine_for(model)
+    assert path is None and "not usable" in why and "TensorRT 9.0.0" in why

@@ -95,19 +95,36 @@ class BuildResult:
                 f"(sm {self.manifest.compute_capability}), {self.seconds:.1f} s{g}")
 
 
+CALIBRATION_DEVICE = "cuda"  # where the calibrator's buffer lives (tests use "cpu")
+
+
+def calibration_batches(tiles: np.ndarray, batch: int) -> np.ndarray:
+    """``tiles`` cycled to a whole number of full batches: TensorRT calibrates at the profile's
+    opt shape and reads ``batch`` tiles from the buffer on every call, so a short last batch
+    (or fewer tiles than ``batch``) would make it read past the data. Repeating tiles only
+    re-weights the histogram; dropping them would lose data."""
+    if len(tiles) == 0:
+        raise ModelError("INT8 calibration found no tiles in the --calibration images")
+    n = -(-len(tiles) // batch) * batch
+    return tiles if n == len(tiles) else np.take(tiles, np.arange(n) % len(tiles), axis=0)
+
+
 def _make_calibrator(trt, tiles: np.ndarray, batch: int, cache_file: Path | None):
     """IInt8EntropyCalibrator2 over the user's own (normalized) tiles; device memory from
-    torch.cuda."""
+    torch.cuda. The buffer holds ``batch`` tiles -- the opt shape calibration runs at --
+    whatever the number of tiles (``calibration_batches``)."""
     import torch
+
+    tiles = calibration_batches(tiles, batch)
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.tiles = tiles
-            self.batch = min(batch, len(tiles))
+            self.batch = batch
             self.pos = 0
             self.device = torch.empty((self.batch,) + tiles.shape[1:], dtype=torch.float32,
-                                      device="cuda")
+                                      device=CALIBRATION_DEVICE)
 
         def get_batch_size(self):
             return self.batch
@@ -117,7 +134,8 @@ def _make_calibrator(trt, tiles: np.ndarray, batch: int, cache_file: Path | None
                 return None
             chunk = torch.from_numpy(self.tiles[self.pos : self.pos + self.batch])
             self.device.copy_(chunk)
-            torch.cuda.synchronize()
+            if self.device.is_cuda:
+                torch.cuda.synchronize()
             self.pos += self.batch
             return [int(self.device.data_ptr())]
 
@@ -186,6 +204,12 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str = "fp
     flags = [] if precision == "fp32" or strongly_typed else [precision.upper()]
     if precision == "int8" and not strongly_typed:
         flags.append("FP16")  # layers without INT8 kernels may fall back to fp16, not fp32
+    # TensorRT allows TF32 (10-bit mantissa) for fp32 layers by default, so an "fp32" engine
+    # would be reduced precision without passing the accuracy gate: clear it (as Polygraphy
+    # does without --tf32). Recorded in the manifest, so old TF32 "fp32" engines are not reused.
+    no_tf32 = precision == "fp32" and hasattr(trt.BuilderFlag, "TF32")
+    if no_tf32:
+        flags.append("NO_TF32")
     calib_paths = [str(p) for p in (calibration or [])]
     onnx_bytes = onnx_path.read_bytes()
     manifest = Manifest(
@@ -234,7 +258,10 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str = "fp
     if workspace_gib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
     for f in flags:
-        config.set_flag(getattr(trt.BuilderFlag, f))
+        if f != "NO_TF32":
+            config.set_flag(getattr(trt.BuilderFlag, f))
+    if no_tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     name = network.get_input(0).name
     profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
@@ -244,15 +271,15 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str = "fp
         config.set_calibration_profile(profile)
     tc_path = Path(timing_cache) if timing_cache else None
     tc_bytes = tc_path.read_bytes() if tc_path and tc_path.is_file() else b""
-    tcache = config.create_timing_cache(tc_bytes)
-    config.set_timing_cache(tcache, False)  # ignore_mismatch=False: stale caches are not used
+    _use_timing_cache(config, tc_bytes, tc_path)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ModelError(f"{onnx_path}: TensorRT failed to build a {precision} engine (see "
                          f"the TensorRT log above)")
-    if tc_path is not None:
+    tc = config.get_timing_cache() if tc_path is not None else None
+    if tc is not None:  # None when no cache could be attached
         tc_path.parent.mkdir(parents=True, exist_ok=True)
-        tc_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        tc_path.write_bytes(bytes(tc.serialize()))
     data = bytes(plan)
     manifest.engine_sha256 = hashlib.sha256(data).hexdigest()
 
@@ -273,6 +300,28 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, precision: str = "fp
     if cache is not None:
         cache.store(out)
     return BuildResult(out, manifest, time.perf_counter() - t0)
+
+
+def _use_timing_cache(config, data: bytes, path: Path | None) -> None:
+    """Attach a timing cache built from ``data`` (the file's bytes; b"" = empty). TensorRT's
+    ``create_timing_cache`` returns None on bytes it cannot parse, and ``set_timing_cache``
+    returns False for a cache from another device or TensorRT (ignore_mismatch=False, so a
+    stale cache never steers tactics): both fall back to an empty cache, and a build without
+    any cache when even that fails. The file is rewritten after the build."""
+    import warnings
+
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return
+    if data:
+        warnings.warn(f"timing cache {path} is unreadable or from another GPU/TensorRT; "
+                      f"starting an empty one (it is rewritten after this build)",
+                      RuntimeWarning, stacklevel=3)
+        cache = config.create_timing_cache(b"")
+        if cache is not None and config.set_timing_cache(cache, False):
+            return
+    warnings.warn("TensorRT could not create a timing cache; building without one",
+                  RuntimeWarning, stacklevel=3)
 
 
 def _synthetic_tiles(info, tile: int, n: int) -> np.ndarray:
