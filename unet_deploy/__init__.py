@@ -19,6 +19,7 @@ _LAZY = {
     "Segmenter": ("unet_deploy.segmenter", "Segmenter"),
     "segment_file": ("unet_deploy.pipeline", "segment_file"),
     "segment_array": ("unet_deploy.pipeline", "segment_array"),
+    "segment_distributed": ("unet_deploy.distributed", "segment_distributed"),
     "load_model": ("unet_deploy.model_store", "load_model"),
 }
 

@@ -233,6 +233,12 @@ def segment(
     nan_policy: NanPolicy = typer.Option(NanPolicy.error, "--nan-policy", case_sensitive=False,
                                          help="NaN/Inf pixels in float images: error (refuse, "
                                               "naming the count) | zero (treat them as 0)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, show_default="none: this process",
+        help="Run on a local Dask cluster of N worker processes (same output; dask extra)."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", metavar="ADDRESS",
+        help="Run on an existing Dask cluster, e.g. tcp://head:8786 (same output; dask extra)."),
 ):
     """Segment images with overlap-tile inference; no seams, bounded memory. Several files, a
     folder or a glob are segmented with one model load and one progress bar."""
@@ -250,6 +256,17 @@ def segment(
             line += f"; preview {result.preview}"
         tqdm.write(line)
 
+    if workers is not None or scheduler is not None:  # the same job on a Dask cluster
+        from .distributed import segment_files_distributed
+
+        segment_files_distributed(
+            inputs, model, workers=workers, scheduler=scheduler, output_path=output_path,
+            output=_value(output), threads=threads or None, preview=preview, on_file=done,
+            on_backend=say_backend, backend=backend, batch_size=batch_size, tile=tile,
+            overwrite=overwrite, series=series, max_pixels=max_pixels,
+            nan_policy=_value(nan_policy), channels=channel or None, progress=not quiet,
+            level=level, max_object=max_object)
+        return
     segment_files(inputs, model, output_path=output_path, output=_value(output),
                   backend=backend, batch_size=batch_size, tile=tile, threads=threads,
                   overwrite=overwrite, series=series, max_pixels=max_pixels,

@@ -59,6 +59,14 @@ class MissingExtraError(UnetDeployError, ImportError):
     exit_code = 7
 
 
+class ClusterError(UnetDeployError, ConnectionError):
+    """The Dask cluster of ``--workers``/``--scheduler`` cannot be reached, has no workers, or
+    was lost mid-run (``distributed.segment_distributed``); nothing is left under the output
+    name. Exit code 8."""
+
+    exit_code = 8
+
+
 class Cancelled(UnetDeployError):
     exit_code = 130
 
@@ -73,5 +81,6 @@ EXIT_CODES = {
     5: "output cannot be written",
     6: "backend failure",
     7: "an optional extra is not installed (the message names it)",
+    8: "the Dask cluster (--workers/--scheduler) cannot be reached, has no workers or was lost",
     130: "interrupted (SIGINT/SIGTERM); no output left behind",
 }
