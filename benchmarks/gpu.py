@@ -1,26 +1,39 @@
-"""All GPU checks and timings in one script; writes benchmarks/results/gpu.md.
+"""All GPU checks and timings in one call, on a fresh machine:
 
-    python benchmarks/gpu.py                      # on a GPU machine (H100 image: torch CUDA)
-    python benchmarks/gpu.py --smoke              # CPU-only dry run of every code path
+    python benchmarks/gpu.py --out DIR        # GPU machine: writes DIR/gpu.md, gpu.json, host.md
+    python benchmarks/gpu.py --smoke --out DIR   # CPU dry run of every code path (CI runs it)
+
+Runs from a plain checkout -- the package need not be installed (``unet_deploy`` is imported
+from this checkout, its ``kernels``/``models`` subpackages from ``kernels/``/``models/``) -- on a
+machine with a CUDA build of PyTorch and no TensorRT or onnxruntime-gpu (rows for those say
+why they were not measured). It needs numpy, numba, onnx, onnxruntime, scipy, torch; imagecodecs
+only for the host-only TIFF rows.
 
 Models: the paper-size U-Net (depth 4, base 64, random weights: speed does not depend on the
-weight values) and the shipped/trained model when one is found. For each GPU backend
-(torch-cuda fp32/fp16/bf16 with channels_last + CUDA graphs; onnxruntime-gpu when installed;
-TensorRT fp16 when installed, otherwise the row says so):
+weight values) and the shipped nuclei model. For each GPU backend (torch-cuda fp32/fp16/bf16
+with channels_last + CUDA graphs; onnxruntime-gpu and TensorRT fp16 when installed):
 
 1. correctness on a crop against the CPU float32 reference (ONNX Runtime CPU): label agreement,
-   max/mean probability error, with the same accuracy gate as reduced-precision builds;
+   max/mean probability error, with the same accuracy gate as reduced-precision builds; and the
+   backend's own labels (argmax on the device) against the argmax of its probabilities;
 2. inference throughput at several batch sizes (tiles/s) and achieved TFLOP/s, from the FLOP
-   count of the ONNX graph (2 × Conv/ConvTranspose MACs, ``flops.conv_macs``);
-3. end-to-end ``segment_array`` time on an 8192×8192 image (gather, inference, stitch, labels).
-   Target for the paper-size model on an H100: <= 0.35 s.
+   count of the ONNX graph (2 x Conv/ConvTranspose MACs, ``flops.conv_macs``): one untimed
+   call per batch shape (graph capture, cuDNN search), then ``--reps`` timed calls, median;
+3. end-to-end ``segment_array`` on a SIZE x SIZE uint16 image (host stages on all cores):
+   one untimed full run first (every batch shape captured), then ``--reps`` timed runs,
+   median and min -- with labels computed on the device (1 byte per pixel back) and, for
+   comparison, with probabilities argmaxed on the host. Target for the paper-size model at
+   8192²: <= 0.25 s (issue 14);
+4. host-only throughput (``benchmarks/host.py``, zero-cost backend) at 1, 4 and all threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import sys
 import tempfile
 import time
 import traceback
@@ -28,40 +41,51 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-TARGET_S = 0.35
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))  # host.py
+TARGET_S = 0.25
+MIN_REPS = 3
+
+
+def import_package() -> str:
+    """Import unet_deploy: the installed one, else this checkout's (where it is not installed,
+    ``unet_deploy.kernels`` and ``.models`` exist only through ``__path__``). Returns where."""
+    try:
+        import unet_deploy.kernels  # noqa: F401
+        import unet_deploy
+
+        return str(Path(unet_deploy.__file__).parent)
+    except ImportError:
+        pass
+    from host import use_checkout
+
+    use_checkout(ROOT)
+    import unet_deploy
+
+    return f"{Path(unet_deploy.__file__).parent} (checkout, not installed)"
 
 
 def synthetic_image(size: int, seed: int = 0) -> np.ndarray:
-    """uint16 image with blob-like structure (smooth noise), cheap at 8192²."""
-    rng = np.random.default_rng(seed)
-    low = rng.random((size // 32 + 1, size // 32 + 1)).astype(np.float32)
-    img = np.kron(low, np.ones((32, 32), np.float32))[:size, :size]
-    img += 0.2 * rng.random((size, size), dtype=np.float32)
-    return (img * 3000).astype(np.uint16)
+    from host import synthetic_image as make
+
+    return make(size, seed)
 
 
 def paper_model(tmp: Path, base: int, depth: int, tile: int) -> Path:
     from unet_deploy.testing import random_unet_onnx
 
     return random_unet_onnx(tmp / f"paper-b{base}.onnx", depth, base, tile=tile,
+                            classes=["background", "interior", "border"],
                             instance_scheme="none", description="random weights, for timing",
                             bias_range=0.05, parity=False)
 
 
-def shipped_model(tmp: Path) -> Path | None:
+def shipped_model() -> Path | None:
     from unet_deploy.model_store import shipped_models
 
     models = shipped_models()
-    if "nuclei" in models:
-        return models["nuclei"]
-    if models:
-        return next(iter(models.values()))
-    ck = ROOT / "runs/nuclei/best.pt"
-    if ck.is_file():
-        from unet_deploy.export import export_checkpoint
-        return export_checkpoint(ck, tmp / "nuclei.onnx").path
-    return None
+    return models.get("nuclei") or (next(iter(models.values())) if models else None)
 
 
 def gpu_backends(model: Path, smoke: bool, batch: int, tile: int, tmp: Path):
@@ -102,17 +126,6 @@ def gpu_backends(model: Path, smoke: bool, batch: int, tile: int, tmp: Path):
     return rows
 
 
-def correctness(model: Path, factory, crop: np.ndarray, reference: np.ndarray, tile: int):
-    from unet_deploy.gate import DEFAULT_MIN_AGREEMENT, gate_report
-    from unet_deploy.pipeline import segment_array
-
-    b = factory()
-    with b:
-        probs = segment_array(crop, backend=b, tile=tile, batch_size=4, output="probabilities")
-    to = lambda a: np.moveaxis(a, -1, 0)[None]  # (H, W, K) -> (1, K, H, W)
-    return gate_report(to(reference), to(probs), DEFAULT_MIN_AGREEMENT)
-
-
 def sync():
     try:
         import torch
@@ -122,40 +135,56 @@ def sync():
         pass
 
 
-def throughput(factory, model: Path, info, batches, tile: int, reps: int):
+def correctness(backend, crop: np.ndarray, reference: np.ndarray, tile: int):
+    """(gate report vs the CPU reference, agreement of the device labels with the argmax of
+    the same backend's probabilities)."""
+    from unet_deploy.gate import DEFAULT_MIN_AGREEMENT, gate_report
+    from unet_deploy.pipeline import segment_array
+
+    probs = segment_array(crop, backend=backend, tile=tile, batch_size=4, output="probabilities")
+    labels = segment_array(crop, backend=backend, tile=tile, batch_size=4)
+    to = lambda a: np.moveaxis(a, -1, 0)[None]  # (H, W, K) -> (1, K, H, W)
+    own = float(np.mean(labels == probs.argmax(-1)))
+    return gate_report(to(reference), to(probs), DEFAULT_MIN_AGREEMENT), own
+
+
+def throughput(backend, model: Path, info, batches, tile: int, reps: int):
     from unet_deploy.flops import conv_macs
 
     out = []
-    b = factory()
-    with b:
-        for bs in batches:
-            x = np.random.default_rng(0).uniform(0, 1, (bs, info.in_channels, tile, tile)) \
-                .astype(np.float32)
-            b.infer(x)  # warm-up / capture
-            sync()
-            ts = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                b.infer(x)
-                sync()
-                ts.append(time.perf_counter() - t)
-            med = float(np.median(ts))
-            flops = 2 * conv_macs(model, bs, tile)
-            out.append((bs, med, bs / med, flops / med / 1e12))
-    return out
-
-
-def end_to_end(factory, image: np.ndarray, tile: int, batch: int, reps: int):
-    from unet_deploy.pipeline import segment_array
-
-    b = factory()
-    with b:
-        segment_array(image[: 2 * tile, : 2 * tile], backend=b, tile=tile, batch_size=batch)
+    for bs in batches:
+        x = np.random.default_rng(0).uniform(0, 1, (bs, info.in_channels, tile, tile)) \
+            .astype(np.float32)
+        backend.infer(x)  # untimed: graph capture / cuDNN autotuning for this shape
+        sync()
         ts = []
         for _ in range(reps):
             t = time.perf_counter()
-            segment_array(image, backend=b, tile=tile, batch_size=batch)
+            backend.infer(x)
+            sync()
             ts.append(time.perf_counter() - t)
+        med = float(np.median(ts))
+        out.append((bs, med, bs / med, 2 * conv_macs(model, bs, tile) / med / 1e12))
+    return out
+
+
+def end_to_end(backend, image: np.ndarray, tile: int, batch: int, reps: int,
+               device_labels: bool):
+    """(median, min) seconds of segment_array(image) -> labels, after one untimed full run
+    (the same batch shapes, so nothing is captured or tuned inside the timed runs)."""
+    from unet_deploy.pipeline import segment_array
+
+    saved = backend.computes_labels
+    backend.computes_labels = saved and device_labels
+    try:
+        segment_array(image, backend=backend, tile=tile, batch_size=batch)
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            segment_array(image, backend=backend, tile=tile, batch_size=batch)
+            ts.append(time.perf_counter() - t)
+    finally:
+        backend.computes_labels = saved
     return float(np.median(ts)), float(min(ts))
 
 
@@ -170,25 +199,53 @@ def device_name() -> str:
         return "no torch"
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def host_section(args, out_dir: Path) -> list[str]:
+    """Host-only throughput with the zero-cost backend (benchmarks/host.py), own processes."""
+    import importlib.util
+
+    from host import all_cores, measure, report
+
+    cores = all_cores()
+    threads = [1] if args.smoke else sorted({1, min(4, cores), cores})
+    modes = ("memory", "tiff") if importlib.util.find_spec("imagecodecs") else ("memory",)
+    hargs = argparse.Namespace(size=args.host_size, batch=args.e2e_batch, tile=args.host_tile,
+                               repeats=args.host_repeats, rounds=1, model=args.host_model)
+    rows = measure(hargs, threads, None, modes=modes, forms=("labels",))
+    text = report(rows, hargs, None)
+    (out_dir / "host.md").write_text(text)
+    note = "" if "tiff" in modes else " (TIFF rows skipped: imagecodecs is not installed)"
+    return ["## Host only (zero-cost backend)" + note, "",
+            *[ln for ln in text.splitlines() if ln.startswith("|")], ""]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="All GPU checks and timings in one call.")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="folder for gpu.md, gpu.json and host.md (created)")
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--crop", type=int, default=700)
     ap.add_argument("--tile", type=int, default=572)
     ap.add_argument("--batches", default="1,4,8,16")
     ap.add_argument("--e2e-batch", type=int, default=16)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5, help=f"timed repeats (>= {MIN_REPS})")
     ap.add_argument("--base", type=int, default=64)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--smoke", action="store_true", help="CPU dry run with a tiny model")
     ap.add_argument("--no-shipped", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu.md"))
-    args = ap.parse_args()
+    ap.add_argument("--no-host", action="store_true", help="skip the host-only section")
+    args = ap.parse_args(argv)
+    args.reps = max(MIN_REPS, args.reps)
+    args.host_size, args.host_tile, args.host_repeats, args.host_model = \
+        args.size, args.tile, 3, "nuclei"
     if args.smoke:
-        args.size, args.crop, args.base, args.depth, args.tile = 600, 200, 4, 2, 92
-        args.batches, args.reps, args.e2e_batch = "1,2", 2, 2
+        args.size, args.crop, args.base, args.depth, args.tile = 300, 200, 4, 2, 92
+        args.batches, args.reps, args.e2e_batch = "1,2", MIN_REPS, 2
+        args.host_size, args.host_tile, args.host_repeats = 1000, 572, 1
     batches = [int(b) for b in args.batches.split(",")]
+    out_dir = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
 
+    where = import_package()
     from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
     from unet_deploy.flops import conv_macs
     from unet_deploy.model_store import read_onnx
@@ -198,28 +255,33 @@ def main():
     models = [("paper-size (random weights)", paper_model(tmp, args.base, args.depth,
                                                           args.tile))]
     if not args.no_shipped and not args.smoke:
-        sm = shipped_model(tmp)
-        models.append(("shipped nuclei", sm) if sm else ("shipped nuclei", None))
+        models.append(("shipped nuclei", shipped_model()))
     image = synthetic_image(args.size)
     crop = image[: args.crop, : args.crop]
     lines = ["# GPU checks and timings (benchmarks/gpu.py)", "",
-             f"- device: {device_name()}; host: {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} CPUs",
+             f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; device: {device_name()};"
+             f" host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+             f"package: {where}",
              f"- image: synthetic uint16 {args.size}x{args.size}; correctness crop "
-             f"{args.crop}x{args.crop} vs ONNX Runtime CPU float32",
-             f"- tile {args.tile} (input side); throughput = backend.infer on random tiles, "
-             f"median of {args.reps}; TFLOP/s = 2 x Conv/ConvTranspose MACs of the ONNX graph "
-             f"/ time",
-             f"- end-to-end = segment_array(image, batch {args.e2e_batch}) -> labels, incl. "
-             f"gather/normalize/stitch on the host; target <= {TARGET_S} s for the paper-size "
-             f"model on an H100", ""]
+             f"{args.crop}x{args.crop} vs ONNX Runtime CPU float32; 'own labels' = the "
+             f"backend's labels (argmax where the probabilities are) vs the argmax of its own "
+             f"probabilities",
+             f"- tile {args.tile} (input side); throughput = backend.infer on random tiles, one "
+             f"untimed call per shape, then median of {args.reps}; TFLOP/s = 2 x Conv/"
+             f"ConvTranspose MACs of the ONNX graph / time",
+             f"- end-to-end = segment_array(image, batch {args.e2e_batch}) -> labels incl. "
+             f"gather/normalize/stitch on the host (all cores), one untimed full run, then "
+             f"median / min of {args.reps}; 'device labels' = class maps from the backend, "
+             f"'host argmax' = probabilities copied back; target <= {TARGET_S} s for the "
+             f"paper-size model at 8192²", ""]
+    results = {"device": device_name(), "args": {k: str(v) for k, v in vars(args).items()},
+               "models": {}}
     for mlabel, model in models:
         lines += [f"## {mlabel}", ""]
         if model is None:
-            lines += ["not measured: no shipped model or trained checkpoint found", ""]
+            lines += ["not measured: no shipped model found", ""]
             continue
         info = read_onnx(model).info
-        # tile must be legal for this model
         tile = args.tile if info.geometry.is_legal(args.tile) else info.tile
         macs = conv_macs(model, 1, tile)
         lines += [f"- {model.name}: depth {info.depth}, base {info.base}, tile {tile}, "
@@ -228,37 +290,57 @@ def main():
         with OnnxRuntimeBackend(model) as ref_b:
             reference = segment_array(crop, backend=ref_b, tile=tile, batch_size=2,
                                       output="probabilities")
-        lines += ["| backend | crop label agreement | max / mean prob error | batch | "
-                  "infer s | tiles/s | TFLOP/s | end-to-end s (median/min) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| backend | crop label agreement | max / mean prob error | own labels | "
+                  "batch | infer s | tiles/s | TFLOP/s | e2e s, device labels (median/min) | "
+                  "e2e s, host argmax (median/min) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        mres = results["models"][mlabel] = {}
         for label, factory, skip in gpu_backends(model, args.smoke, max(batches), tile, tmp):
             if factory is None:
-                lines.append(f"| {label} | not measured: {skip} | | | | | | |")
+                lines.append(f"| {label} | not measured: {skip} | | | | | | | | |")
+                mres[label] = {"skipped": skip}
                 print(f"  {label}: skipped ({skip})", flush=True)
                 continue
             print(f"  {label} ...", flush=True)
             try:
-                gate = correctness(model, factory, crop, reference, tile)
-                tp = throughput(factory, model, info, batches, tile, args.reps)
-                e2e = end_to_end(factory, image, tile, args.e2e_batch, max(1, args.reps // 2))
+                with factory() as b:
+                    gate, own = correctness(b, crop, reference, tile)
+                    tp = throughput(b, model, info, batches, tile, args.reps)
+                    e2e = end_to_end(b, image, tile, args.e2e_batch, args.reps, True)
+                    e2e_host = end_to_end(b, image, tile, args.e2e_batch, args.reps, False) \
+                        if b.computes_labels else None
             except Exception as exc:  # one failing backend must not lose the other rows
                 traceback.print_exc()
                 msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-                lines.append(f"| {label} | FAILED: {msg} | | | | | | |")
+                lines.append(f"| {label} | FAILED: {msg} | | | | | | | | |")
+                mres[label] = {"failed": msg}
                 continue
+            mres[label] = {"gate": gate.to_dict(), "own_labels": own, "throughput": tp,
+                           "e2e": e2e, "e2e_host_argmax": e2e_host}
             flag = "" if gate.passed else f" (below {100 * gate.min_agreement:.1f}%)"
             for i, (bs, med, tps, tf) in enumerate(tp):
                 first = i == 0
+                host_col = (f"{e2e_host[0]:.3f} / {e2e_host[1]:.3f}" if e2e_host else
+                            "same (backend returns probabilities)")
                 lines.append(
                     f"| {label if first else ''} | "
                     f"{f'{100 * gate.label_agreement:.3f}%{flag}' if first else ''} | "
                     f"{f'{gate.max_abs_error:.2e} / {gate.mean_abs_error:.2e}' if first else ''}"
-                    f" | {bs} | {med:.4f} | {tps:.1f} | {tf:.1f} | "
-                    f"{f'{e2e[0]:.3f} / {e2e[1]:.3f}' if first else ''} |")
+                    f" | {f'{100 * own:.3f}%' if first else ''} | {bs} | {med:.4f} | "
+                    f"{tps:.1f} | {tf:.1f} | "
+                    f"{f'{e2e[0]:.3f} / {e2e[1]:.3f}' if first else ''} | "
+                    f"{host_col if first else ''} |")
             print(f"    {gate.summary()}; e2e {e2e[0]:.3f} s", flush=True)
         lines.append("")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    if not args.no_host:
+        print("[host only] ...", flush=True)
+        try:
+            lines += host_section(args, out_dir)
+        except Exception as exc:  # noqa: BLE001 - the GPU rows above are still written
+            traceback.print_exc()
+            lines += ["## Host only", "", f"FAILED: {str(exc).splitlines()[0][:200]}", ""]
+    (out_dir / "gpu.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "gpu.json").write_text(json.dumps(results, indent=1, default=str))
     print("\n".join(lines))
 
 

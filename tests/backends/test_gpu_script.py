@@ -1,0 +1,36 @@
+"""``benchmarks/gpu.py --smoke`` in CI: every code path of the one GPU call, on the CPU, run the
+way the GPU machine runs it -- from a checkout whose package is NOT installed (``python -S``
+skips the editable install's import hook; numpy etc. still come from site-packages)."""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_from_an_uninstalled_checkout(tmp_path):
+    pytest.importorskip("torch")
+    paths = [p for p in site.getsitepackages() + [site.getusersitepackages()] if Path(p).is_dir()]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
+    out = tmp_path / "results"
+    repo_results = ROOT / "benchmarks" / "results"
+    before = {p: p.stat().st_mtime for p in repo_results.iterdir()}
+    r = subprocess.run([sys.executable, "-S", str(ROOT / "benchmarks" / "gpu.py"), "--smoke",
+                        "--out", str(out)], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    text = (out / "gpu.md").read_text()
+    assert "(checkout, not installed)" in text  # it did not rely on an install
+    row = next(line for line in text.splitlines() if line.startswith("| torch-cpu fp32"))
+    assert "100.000%" in row and "FAILED" not in text
+    assert (out / "gpu.json").is_file() and "| new | in memory | class maps |" in \
+        (out / "host.md").read_text()
+    assert {p: p.stat().st_mtime for p in repo_results.iterdir()} == before  # repo untouched
