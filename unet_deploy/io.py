@@ -376,8 +376,9 @@ class ImageSource:
         self.lead_axes = "".join(a for a in self.axes if a not in "YXS")[-len(self.lead_shape):] \
             if self.lead_shape else ""
         self.physical = self._read_physical(base)
-        if self.physical.known and (self.level or "xresolution" not in self.resolution):
-            # missing (SVS, OME) or level-0 tags: the physical size says what to write
+        if self.physical.known and (self.level or "xresolution" not in self.resolution
+                                    or self.physical.source in ("OME-XML", "Aperio MPP")):
+            # tags missing, of level 0, or overruled (an SVS's MPP beats its 1 px/inch tags)
             self.resolution = {k: v for k, v in self.resolution.items()
                                if k not in ("xresolution", "yresolution", "resolutionunit")}
             self.resolution.update(self.physical.tiff_resolution())

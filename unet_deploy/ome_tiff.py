@@ -176,10 +176,12 @@ class OmeTiffWriter:
         if self._row + rows > self.height:
             raise ValueError(f"band of {rows} rows crosses the end of the plane")
         try:
-            self._main.write_band(band[..., 0])
+            # everything for the store first: once the last tile row reaches the writer thread
+            # it writes the reduced levels from the store at once
             for c in range(1, self.samples):
                 self._store.write(0, self._plane * self.samples + c, self._row, band[..., c])
             self._cascade.push(band if self.samples > 1 else band[..., 0])
+            self._main.write_band(band[..., 0])
         except OSError as exc:
             if isinstance(exc, OutputError):
                 raise

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, InputNotFoundError, OutputError
+from .errors import InputError, InputNotFoundError, MissingExtraError, OutputError
 from .physical import UNKNOWN, PhysicalSize, from_ngff
 from .pyramid import Cascade, level_shape, n_levels, reduce_mean, reduce_mode
 
@@ -41,10 +41,11 @@ _LEAD_AXES = ("t", "z")
 
 def _zarr():
     try:
+        import ome_zarr  # noqa: F401 - both packages make the extra
         import zarr
     except ImportError as exc:  # pragma: no cover - the extra is installed in CI
-        raise InputError("OME-Zarr needs the 'zarr' extra; install it with: pip install "
-                         "'unet-deploy[zarr]'") from exc
+        raise MissingExtraError(f"OME-Zarr needs the zarr extra ({_one_line(exc)}); install "
+                                f"it: pip install \"unet-deploy[zarr]\"") from exc
     return zarr
 
 
@@ -465,8 +466,35 @@ class ZarrWriter:
 
     def _cleanup(self) -> None:
         if self.tmp_path is not None:
+            _drain_zarr()  # a failed write leaves sibling chunk writes running: let them end
             shutil.rmtree(self.tmp_path, ignore_errors=True)
             self.tmp_path = None
+
+
+def _drain_zarr(timeout: float = 30.0) -> None:
+    """Wait until zarr's event loop has no task left (after a failed write its other chunk
+    writes go on, and would recreate files in a folder being deleted)."""
+    import asyncio
+
+    try:
+        from zarr.core.sync import _get_loop
+
+        loop = _get_loop()
+    except Exception:
+        return
+
+    async def idle() -> None:
+        me = asyncio.current_task()
+        for _ in range(100):
+            tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not tasks:
+                return
+            await asyncio.wait(tasks, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(idle(), loop).result(timeout + 5)
+    except Exception:
+        pass
 
 
 def _fsync_tree(root: Path) -> None:
