@@ -6,12 +6,15 @@ normalization statistics, gather, checks, stitch, and writing.
     python benchmarks/host.py --baseline /tmp/old     # also an older checkout, side by side
     python benchmarks/host.py --size 2048 --repeats 1 --out /tmp/h.md   # quick
 
-Input: a synthetic uint16 SIZE x SIZE image with blob structure; "tiff" mode reads it from an
-uncompressed TIFF (memory-mapped, as ``segment_file`` does) and writes labels to a tiled BigTIFF
-(zlib, or zstd); "memory" mode is ``segment_array`` on the array. The null backend returns
-either class maps (``computes_labels``: what a GPU backend now returns for labels, 1 byte per
-pixel) or probabilities (float32 per class, argmaxed on the host, as before). Tile 572 (the
-paper's), batch 16 (the GPU end-to-end setting).
+Input: a synthetic uint16 SIZE x SIZE image with blob structure. Outputs: "bigtiff" reads an
+uncompressed TIFF (memory-mapped) and writes labels to a tiled BigTIFF (``TiffBandWriter``,
+zlib or zstd) -- what ``segment_file`` wrote when issue 14 measured 54 Mpx/s; "ometiff" is
+``segment_file``'s default writer today, a pyramidal OME-TIFF for outputs over 2048 px (2x2
+mode levels down to 1024 px, one third more pixels to compress); "memory" is
+``segment_array`` on the array. The null backend returns either class maps
+(``computes_labels``: what a GPU backend now returns for labels, 1 byte per pixel) or
+probabilities (float32 per class, argmaxed on the host, as before). Tile 572 (the paper's),
+batch 16 (the GPU end-to-end setting).
 
 Every measurement runs in a fresh process (a warm-up call, then ``--repeats`` timed calls); the
 configurations -- and, with ``--baseline DIR``, the same configurations on an older checkout
@@ -136,7 +139,6 @@ def child(args) -> dict:
         from unet_deploy import pipeline
 
         out = Path(args.workdir) / f"out-{os.getpid()}.tif"
-        extra = dict(kw, compression=args.compression) if new else {}
         if not new:
             import unet_deploy.backends as B
 
@@ -144,12 +146,14 @@ def child(args) -> dict:
 
         def once():
             times = times_cls() if times_cls else None
-            if new:
-                extra["times"] = times
             t0 = time.perf_counter()
-            pipeline.segment_file(args.input, out, model, backend="null" if new else "auto",
-                                  batch_size=args.batch, tile=args.tile, overwrite=True,
-                                  progress=False, **extra)
+            if args.mode == "bigtiff" and new:
+                write_bigtiff(args, model, out, times)
+            else:  # the old segment_file wrote exactly this BigTIFF
+                extra = dict(kw, compression=args.compression, times=times) if new else {}
+                pipeline.segment_file(args.input, out, model,
+                                      backend="null" if new else "auto", batch_size=args.batch,
+                                      tile=args.tile, overwrite=True, progress=False, **extra)
             return time.perf_counter() - t0, times
 
     once()  # warm-up: Numba caches loaded, pages of the input in the page cache
@@ -171,23 +175,50 @@ def child(args) -> dict:
             "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def write_bigtiff(args, model, out: Path, times) -> None:
+    """``segment_file`` as it was when the issue measured it: the plane's label bands straight
+    into a tiled BigTIFF (today's ``segment_file`` picks a pyramidal OME-TIFF at this size)."""
+    import numpy as np
+
+    from unet_deploy.backends import open_backend
+    from unet_deploy.io import TiffBandWriter, open_image
+    from unet_deploy.normalize import preprocess_for
+    from unet_deploy.pipeline import _Clock, plane_bands
+    from unet_deploy.tiling import plan_tiles
+
+    with open_image(args.input) as src, open_backend(model, "null", threads=args.threads) as be:
+        info = be.info
+        plan = plan_tiles(src.height, src.width, info.geometry, args.tile)
+        reader = src.plane(0)
+        prep = preprocess_for(reader, info, str(args.input))
+        with TiffBandWriter(out, src.lead_shape, src.height, src.width, 1, np.uint8,
+                            resolution=src.resolution, overwrite=True,
+                            compression=args.compression, threads=args.threads) as writer:
+            for band in plane_bands(reader, plan, be, prep, args.batch, "labels", None, None,
+                                    times, threads=args.threads):
+                with _Clock(times, "write"):
+                    writer.write_band(band)
+
+
 # --------------------------------------------------------------------------- the parent
 
-def configs(threads: list[int], baseline: bool, modes=("tiff", "memory"),
+MODES = ("bigtiff", "ometiff", "memory")
+
+
+def configs(threads: list[int], baseline: bool, modes=MODES,
             forms=("labels", "probabilities"), zstd: bool = True) -> list[dict]:
     out = []
     for t in threads:
-        for mode, comp in (("tiff", "zlib"), ("memory", "")):
-            if mode not in modes:
-                continue
-            for form in forms:
+        for mode in modes:
+            comp = "" if mode == "memory" else "zlib"
+            for form in forms if mode != "ometiff" else ("labels",):
                 out.append(dict(variant="new", mode=mode, compression=comp, form=form,
                                 threads=t))
-            if baseline:
+            if baseline and mode != "ometiff":  # the old segment_file wrote a plain BigTIFF
                 out.append(dict(variant="baseline", mode=mode, compression=comp,
                                 form="probabilities", threads=t))
-        if zstd and "tiff" in modes:
-            out.append(dict(variant="new", mode="tiff", compression="zstd", form="labels",
+        if zstd and "bigtiff" in modes:
+            out.append(dict(variant="new", mode="bigtiff", compression="zstd", form="labels",
                             threads=t))
     return out
 
@@ -205,14 +236,18 @@ def run_child(cfg: dict, args, root: Path, workdir: Path, input_path: Path) -> d
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def where(mode: str, compression: str) -> str:
+    return {"bigtiff": f"BigTIFF {compression}", "ometiff": f"OME-TIFF pyramid {compression}",
+            "memory": "in memory"}[mode]
+
+
 def label(cfg: dict) -> str:
-    where = f"TIFF {cfg['compression']}" if cfg["mode"] == "tiff" else "in memory"
     form = "class maps" if cfg["form"] == "labels" else "probabilities"
-    return f"{cfg['variant']} | {where} | {form}"
+    return f"{cfg['variant']} | {where(cfg['mode'], cfg['compression'])} | {form}"
 
 
 def measure(args, threads: list[int], baseline: Path | None = None,
-            modes=("tiff", "memory"), forms=("labels", "probabilities")) -> list[dict]:
+            modes=MODES, forms=("labels", "probabilities")) -> list[dict]:
     """Run every configuration ``args.rounds`` times, interleaved; returns rows with medians."""
     workdir = Path(tempfile.mkdtemp(prefix="hostbench"))
     input_path = workdir / "input.tif"
@@ -257,8 +292,8 @@ def report(rows: list[dict], args, baseline: Path | None) -> str:
         f"backend does no inference). Other jobs shared the cores; each figure is the median "
         f"of {args.rounds} fresh processes x {args.repeats} timed calls, run interleaved.", "",
         f"Image {args.size}x{args.size} uint16 (synthetic blobs), model `{args.model}` geometry "
-        f"(depth 4, 3 classes), tile {args.tile}, batch {args.batch}. TIFF: uncompressed input "
-        f"(memory-mapped) -> tiled labels BigTIFF. Target: >= {TARGET_MPX_S:.0f} Mpx/s for labels "
+        f"(depth 4, 3 classes), tile {args.tile}, batch {args.batch}. TIFF outputs read an "
+        f"uncompressed input (memory-mapped). Target: >= {TARGET_MPX_S:.0f} Mpx/s for labels "
         f"to TIFF on this 2-core machine.", "",
         "| variant | output | backend returns | threads | median s | Mpx/s | gather s | check s | "
         "stitch s | write s | peak RSS MB |",
@@ -278,25 +313,30 @@ def report(rows: list[dict], args, baseline: Path | None) -> str:
     by = {(r["variant"], r["mode"], r["compression"], r["form"], r["threads"]): r for r in rows}
     ratios = []
     for t in sorted({r["threads"] for r in rows}):
-        for mode, comp in (("tiff", "zlib"), ("memory", "")):
+        for mode in ("bigtiff", "memory"):
+            comp = "" if mode == "memory" else "zlib"
             new = by.get(("new", mode, comp, "labels", t))
             probs = by.get(("new", mode, comp, "probabilities", t))
             old = by.get(("baseline", mode, comp, "probabilities", t))
-            where = f"TIFF {comp}" if mode == "tiff" else "in memory"
+            w = where(mode, comp)
             if new and old:
-                ratios.append(f"| {where}, {t} threads: class maps vs baseline | "
+                ratios.append(f"| {w}, {t} threads: class maps vs baseline | "
                               f"{old['median_s'] / new['median_s']:.2f}x |")
             if probs and old:
-                ratios.append(f"| {where}, {t} threads: probabilities vs baseline | "
+                ratios.append(f"| {w}, {t} threads: probabilities vs baseline | "
                               f"{old['median_s'] / probs['median_s']:.2f}x |")
             if new and probs:
-                ratios.append(f"| {where}, {t} threads: class maps vs probabilities | "
+                ratios.append(f"| {w}, {t} threads: class maps vs probabilities | "
                               f"{probs['median_s'] / new['median_s']:.2f}x |")
-        z = by.get(("new", "tiff", "zstd", "labels", t))
-        zl = by.get(("new", "tiff", "zlib", "labels", t))
+        z = by.get(("new", "bigtiff", "zstd", "labels", t))
+        zl = by.get(("new", "bigtiff", "zlib", "labels", t))
+        ome = by.get(("new", "ometiff", "zlib", "labels", t))
         if z and zl:
-            ratios.append(f"| TIFF, {t} threads: zstd vs zlib | "
+            ratios.append(f"| BigTIFF, {t} threads: zstd vs zlib | "
                           f"{zl['median_s'] / z['median_s']:.2f}x |")
+        if ome and zl:
+            ratios.append(f"| {t} threads: OME-TIFF pyramid vs plain BigTIFF (time ratio) | "
+                          f"{ome['median_s'] / zl['median_s']:.2f} |")
     if ratios:
         lines += ["| speed-up (ratio of medians, same rounds) | value |", "|---|---:|", *ratios,
                   ""]
@@ -307,7 +347,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd")
     c = sub.add_parser("child")
-    for a, d in (("--root", str(ROOT)), ("--mode", "tiff"), ("--form", "labels"),
+    for a, d in (("--root", str(ROOT)), ("--mode", "bigtiff"), ("--form", "labels"),
                  ("--compression", "zlib"), ("--model", "nuclei"), ("--input", ""),
                  ("--workdir", "/tmp")):
         c.add_argument(a, default=d)

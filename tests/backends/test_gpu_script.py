@@ -34,3 +34,39 @@ def test_gpu_script_smoke_from_an_uninstalled_checkout(tmp_path):
     assert (out / "gpu.json").is_file() and "| new | in memory | class maps |" in \
         (out / "host.md").read_text()
     assert {p: p.stat().st_mtime for p in repo_results.iterdir()} == before  # repo untouched
+
+
+def test_gpu_script_times_warm_runs_only(tiny_model):
+    """Every timed repeat runs on warm shapes: one untimed call per batch shape (throughput)
+    and one untimed full run (end to end) come first, and there are at least 3 repeats."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    from unet_deploy.backends.null import NullBackend
+
+    shapes = []
+
+    class Counting(NullBackend):
+        def _infer(self, batch):
+            shapes.append(batch.shape)
+            return super()._infer(batch)
+
+        _infer_labels_base = NullBackend._infer_labels
+
+        def _infer_labels(self, batch):
+            shapes.append(batch.shape)
+            return self._infer_labels_base(batch)
+
+    with Counting(tiny_model) as b:
+        gpu.end_to_end(b, np.zeros((150, 150), np.uint16), 92, 4, 3, device_labels=True)
+        per_run = len(shapes) // 4
+        assert len(shapes) == 4 * per_run  # 1 untimed + 3 timed full runs, same batches
+        assert set(shapes[:per_run]) == set(shapes[per_run:])  # nothing new while timed
+        shapes.clear()
+        gpu.throughput(b, tiny_model, b.info, [1, 3], 92, 3)
+        assert [s[0] for s in shapes] == [1] * 4 + [3] * 4
+    assert gpu.MIN_REPS >= 3
