@@ -11,12 +11,15 @@
 2. Throughput: ``segment_file`` end to end (TIFF in, tiled BigTIFF labels out) on 2048² and
    8000² uint16 images, planner vs ``--tile 572``, alternating, Mpx/s from the median.
 
-Prints a table and writes benchmarks/results/latency_ratio.md.
+Prints a table and writes benchmarks/results/latency_ratio.md (+ .json with the raw rows; a
+section whose sizes are given empty, e.g. ``--sizes ""``, is taken from that JSON, so the long
+end-to-end runs can be redone alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -41,6 +44,12 @@ def frame(size: int, rng) -> np.ndarray:
     img = tifffile.imread(files[int(rng.integers(len(files)))])
     reps = (-(-size // img.shape[0]), -(-size // img.shape[1]))
     return np.ascontiguousarray(np.tile(img, reps)[:size, :size])
+
+
+def _load() -> float:
+    import os
+
+    return round(os.getloadavg()[0], 1)
 
 
 def latency(path: Path, sizes, n: int, threads: int, batch: int, rng) -> list[dict]:
@@ -75,6 +84,7 @@ def latency(path: Path, sizes, n: int, threads: int, batch: int, rng) -> list[di
             med = {k: float(np.median(v)) for k, v in t.items()}
             pn, po = new._plan(size, size), old._plan(size, size)
             rows.append({"size": size, "frames": n, "bare_side": bare_in.shape[-1],
+                         "load_avg": _load(),
                          "new_plan": f"{pn.n_tiles} x {pn.tile_h}x{pn.tile_w}",
                          "old_plan": f"{po.n_tiles} x {po.tile_h}x{po.tile_w}", **med})
             print(f"{size}²: planner {med['new'] * 1e3:.0f} ms, bare {med['bare'] * 1e3:.0f} ms, "
@@ -106,7 +116,8 @@ def throughput(path: Path, sizes, repeats, threads: int, rng) -> list[dict]:
             med = {k: float(np.median(v)) for k, v in t.items()}
             pn = plan_for(size, size, be.info, None, 1, be)
             po = plan_for(size, size, be.info, 572, 1, be)
-            rows.append({"size": size, "repeats": n, "new_plan": f"{pn.n_tiles} x "
+            rows.append({"size": size, "repeats": n, "load_avg": _load(),
+                         "new_plan": f"{pn.n_tiles} x "
                          f"{pn.tile_h}x{pn.tile_w}", "old_plan": f"{po.n_tiles} x "
                          f"{po.tile_h}x{po.tile_w}", **med,
                          "new_mpx": size * size / 1e6 / med["new"],
@@ -129,12 +140,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     path, desc = resolve_or_export(args.model, Path(tempfile.gettempdir()) / "unet-bench")
     rng = np.random.default_rng(0)
-    lat = latency(path, [int(s) for s in args.sizes.split(",") if s], args.frames,
-                  args.threads, args.batch_size, rng)
+    raw_path = Path(__file__).resolve().parent / "results" / "latency_ratio.json"
+    raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    lat = latency(path, sizes, args.frames, args.threads, args.batch_size, rng) if sizes \
+        else raw.get("latency", [])
+    if sizes and not args.no_write:
+        raw_path.write_text(json.dumps({**raw, "latency": lat}, indent=1))
     e2e_sizes = [int(s) for s in args.e2e_sizes.split(",") if s]
     reps = [int(r) for r in args.e2e_repeats.split(",")]
     reps += [reps[-1]] * (len(e2e_sizes) - len(reps))
-    thr = throughput(path, e2e_sizes, reps, args.threads, rng)
+    thr = throughput(path, e2e_sizes, reps, args.threads, rng) if e2e_sizes \
+        else raw.get("throughput", [])
+    if e2e_sizes and not args.no_write:
+        raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
+        raw_path.write_text(json.dumps({**raw, "throughput": thr}, indent=1))
     lines = ["# Cost-optimal tile planning: latency ratio and throughput", "",
              f"Model: {desc}; ONNX Runtime CPU, threads {args.threads or 'all'}. "
              f"Machine: {machine()}, shared with other engineers' jobs (load varies; every "

@@ -109,3 +109,25 @@ def test_segmenter_tta(tiny_model, real_crop):
         assert np.abs(seg(image) - ref).max() <= 1e-5
     with pytest.raises(OptionError):
         Segmenter(tiny_model, backend="onnxruntime", tta="bogus", warmup=False)
+
+
+def test_cli_tta(tmp_path, tiny_model, real_crop):
+    import tifffile
+    from typer.testing import CliRunner
+
+    from unet_deploy.cli import app
+
+    image = real_crop[:90, :100]
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, image)
+    out = tmp_path / "out.tif"
+    res = CliRunner().invoke(app, ["segment", str(src), "-o", str(out), "--model",
+                                   str(tiny_model), "--output", "probabilities", "--tta", "d4",
+                                   "-q"])
+    assert res.exit_code == 0, res.output
+    want = segment_array(image, tiny_model, backend="onnxruntime", output="probabilities",
+                         tta="d4")
+    assert np.abs(tifffile.imread(out) - want).max() <= 1e-5
+    bad = CliRunner().invoke(app, ["segment", str(src), "-o", str(out), "--model",
+                                   str(tiny_model), "--tta", "d8", "--overwrite"])
+    assert bad.exit_code == 2

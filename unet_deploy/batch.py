@@ -94,9 +94,11 @@ def segment_files(inputs: Iterable[str | Path], model=None, *, output_path=None,
                   progress: bool = True, preview: bool = False,
                   warn: Callable[[str], None] | None = None,
                   on_file: Callable[[FileResult], None] | None = None,
-                  on_backend: Callable[[str, str], None] | None = None) -> list[FileResult]:
+                  on_backend: Callable[[str, str], None] | None = None,
+                  tta: str | None = None) -> list[FileResult]:
     """Segment every input with one model load. ``output``: None = the model's default kind
     (``ModelInfo.default_output_kind``: instances for models with an instance scheme).
+    ``tta``: test-time augmentation (``segment_file``; None = the model's default).
     ``warn``: receives one-line warnings (input that does not fit the model); ``on_file``: each
     FileResult as soon as it is written; ``on_backend``: the backend's (name, reason) once."""
     from tqdm import tqdm
@@ -141,7 +143,7 @@ def segment_files(inputs: Iterable[str | Path], model=None, *, output_path=None,
                                        overwrite=overwrite, series=series,
                                        max_pixels=max_pixels, nan_policy=nan_policy,
                                        on_tiles=bar.update, channels=channels, level=level,
-                                       max_object=max_object)
+                                       max_object=max_object, tta=tta)
                 result = FileResult(src_path, out, summary)
                 if preview:
                     from .preview import preview_path, write_preview

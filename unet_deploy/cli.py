@@ -168,6 +168,12 @@ class NanPolicy(str, enum.Enum):
     zero = "zero"
 
 
+class Tta(str, enum.Enum):
+    none = "none"
+    flips = "flips"
+    d4 = "d4"
+
+
 class Scheme(str, enum.Enum):
     three_class = "three_class"
     binary = "binary"
@@ -233,6 +239,10 @@ def segment(
     nan_policy: NanPolicy = typer.Option(NanPolicy.error, "--nan-policy", case_sensitive=False,
                                          help="NaN/Inf pixels in float images: error (refuse, "
                                               "naming the count) | zero (treat them as 0)."),
+    tta: Optional[Tta] = typer.Option(
+        None, "--tta", case_sensitive=False, show_default="the model's (metadata), else none",
+        help="Test-time augmentation: average the softmax over the 4 flips or the 8 "
+             "rotations/flips of every tile (seamless; 4x / 8x the network cost)."),
     workers: Optional[int] = typer.Option(
         None, "--workers", min=1, show_default="none: this process",
         help="Run on a local Dask cluster of N worker processes (same output; dask extra)."),
@@ -265,7 +275,7 @@ def segment(
             on_backend=say_backend, backend=backend, batch_size=batch_size, tile=tile,
             overwrite=overwrite, series=series, max_pixels=max_pixels,
             nan_policy=_value(nan_policy), channels=channel or None, progress=not quiet,
-            level=level, max_object=max_object)
+            level=level, max_object=max_object, tta=_value(tta))
         return
     segment_files(inputs, model, output_path=output_path, output=_value(output),
                   backend=backend, batch_size=batch_size, tile=tile, threads=threads,
@@ -274,7 +284,7 @@ def segment(
                   level=level, max_object=max_object,
                   preview=preview, warn=None if quiet else (lambda m: typer.echo(
                       f"warning: {m}", err=True)),
-                  on_file=done, on_backend=say_backend)
+                  on_file=done, on_backend=say_backend, tta=_value(tta))
 
 
 @app.command()
@@ -338,6 +348,11 @@ def train(
     minutes: float = typer.Option(0.0, "--minutes", min=0.0,
                                   help="Stop after this long (0 = no limit)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Ignore OUT/last.pt."),
+    init: Optional[str] = typer.Option(None, "--init",
+                                       help="Start from these weights: nuclei | em-membranes "
+                                            "| PATH.onnx | PATH.pt (architecture and "
+                                            "normalization from it; the head is "
+                                            "re-initialised when its classes differ)."),
 ):
     """Train a U-Net with the paper's recipe; resumes from OUT/last.pt; exports ONNX at the end."""
     require("train", "train", "torch", "onnx")
@@ -350,7 +365,7 @@ def train(
                       momentum=momentum, batch_size=batch_size, dropout=dropout,
                       batch_norm=batch_norm, w0=w0, sigma=sigma, val_fraction=val_fraction,
                       val_last=val_last, val_every=val_every, seed=seed, threads=threads,
-                      max_minutes=minutes, resume=not no_resume)
+                      max_minutes=minutes, resume=not no_resume, init=init or "")
     result = run_training(cfg)
     typer.echo(f"{result['onnx']}: step {result['step']}, validation {result['metrics']}")
 

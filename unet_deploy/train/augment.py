@@ -4,7 +4,10 @@ The paper's key augmentation is a smooth elastic deformation: random displacemen
 vectors on a coarse 3x3 grid, N(0, 10 px), interpolated bicubically to every pixel.
 On top we add flips, rotations, shifts (all one inverse map, so image, labels and
 weights are resampled exactly once, with one interpolation error) and gray-value
-changes on the image only.
+changes on the image only. For robustness to another microscope (pixel size, contrast,
+noise) there are optional isotropic scaling (part of the same inverse map), Gaussian blur and
+additive Gaussian noise (``random_augment(max_scale=..., blur=..., noise=...)``, all off by
+default so the paper recipe draws the same random numbers as before).
 
 Convention: a transform is an *inverse* map.  Output pixel ``p`` (row, col) samples the
 input at ``c_in + A @ (p + d(p) - c_out) + shift`` where ``d = (dy, dx)`` is the elastic
@@ -27,6 +30,7 @@ __all__ = [
     "sample_coordinates",
     "warp",
     "gray_value_jitter",
+    "blur_and_noise",
     "random_augment",
 ]
 
@@ -67,8 +71,11 @@ def elastic_displacement(
     return dy, dx
 
 
-def affine_matrix(angle_deg: float = 0.0, flip: tuple[bool, bool] = (False, False)) -> np.ndarray:
-    """2x2 matrix (row, col coordinates) for a rotation by ``angle_deg`` then flips.
+def affine_matrix(angle_deg: float = 0.0, flip: tuple[bool, bool] = (False, False),
+                  scale: float = 1.0) -> np.ndarray:
+    """2x2 matrix (row, col coordinates) for a rotation by ``angle_deg`` then flips, then a
+    zoom by ``scale`` (objects appear ``scale`` times larger: the inverse map samples the
+    input at offsets divided by ``scale``).
 
     Multiples of 90 degrees are built from exact integers so that ``rot90`` style
     transforms hit pixel centres exactly (no interpolation blur).
@@ -78,7 +85,7 @@ def affine_matrix(angle_deg: float = 0.0, flip: tuple[bool, bool] = (False, Fals
     t = np.deg2rad(rest)
     small = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) if rest else np.eye(2)
     flips = np.diag([-1.0 if flip[0] else 1.0, -1.0 if flip[1] else 1.0])
-    return flips @ quarter @ small
+    return flips @ quarter @ small / float(scale)
 
 
 def sample_coordinates(
@@ -144,6 +151,7 @@ def warp(
     flip: tuple[bool, bool] = (False, False),
     shift: tuple[float, float] = (0.0, 0.0),
     out_shape: tuple[int, int] | None = None,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Resample ``array`` (H, W) or (..., H, W) through displacement + optional affine.
 
@@ -156,7 +164,7 @@ def warp(
     """
     array = np.asarray(array)
     coords = sample_coordinates(
-        array.shape[-2:], out_shape, dy, dx, affine_matrix(angle, flip), shift
+        array.shape[-2:], out_shape, dy, dx, affine_matrix(angle, flip, scale), shift
     )
     return _map(array, coords, order, mode)
 
@@ -188,6 +196,20 @@ def gray_value_jitter(
     return out.astype(np.float32)
 
 
+def blur_and_noise(image: np.ndarray, rng: np.random.Generator, blur: float = 0.0,
+                   noise: float = 0.0) -> np.ndarray:
+    """Gaussian blur with sigma drawn from U(0, ``blur``) px and additive Gaussian noise with
+    standard deviation drawn from U(0, ``noise``) times the image's range (float32). Each is
+    applied with probability 1/2; a zero limit draws nothing."""
+    img = np.asarray(image, dtype=np.float32)
+    if blur > 0 and rng.random() < 0.5:
+        img = ndimage.gaussian_filter(img, rng.uniform(0.0, blur))
+    if noise > 0 and rng.random() < 0.5:
+        span = float(img.max() - img.min()) or 1.0
+        img = img + rng.normal(0.0, rng.uniform(0.0, noise) * span, img.shape).astype(np.float32)
+    return img.astype(np.float32, copy=False)
+
+
 def random_augment(
     image: np.ndarray,
     labels: np.ndarray,
@@ -205,6 +227,9 @@ def random_augment(
     image_order: int = 3,
     gray: bool = True,
     mode: str = "reflect",
+    max_scale: float = 0.0,
+    blur: float = 0.0,
+    noise: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Random geometric + gray-value augmentation of one training sample.
 
@@ -217,6 +242,10 @@ def random_augment(
     centred on the same point, e.g. ``out_shape=(572, 572), label_shape=(388, 388)`` for
     the paper's valid-convolution tiles.  The elastic field is drawn at ``out_shape``
     and centre-cropped for the labels, so the deformation is identical.
+
+    Robustness (off by default): ``max_scale`` r zooms by a factor drawn log-uniformly from
+    [1/(1+r), 1+r] (pixel size), ``blur``/``noise`` see ``blur_and_noise`` (image only,
+    after the gray-value change, which already covers gamma and contrast).
 
     Returns ``(image float32, labels with input dtype/value set, weights float32 or
     None)``.  Set ``elastic_sigma=0``, ``max_angle=0`` etc. to disable parts.
@@ -239,7 +268,9 @@ def random_augment(
     else:
         dy = dx = None
 
-    geo = dict(angle=angle, flip=fl, shift=shift)
+    zoom = float(np.exp(rng.uniform(-np.log1p(max_scale), np.log1p(max_scale)))) \
+        if max_scale > 0 else 1.0
+    geo = dict(angle=angle, flip=fl, shift=shift, scale=zoom)
     img = warp(image.astype(np.float32, copy=False), dy, dx, image_order, mode, out_shape=out_shape, **geo)
     lab = warp(labels, dy, dx, 0, mode, out_shape=label_shape, **geo)
     wts = None
@@ -247,4 +278,6 @@ def random_augment(
         wts = warp(np.asarray(weights, np.float32), dy, dx, 1, mode, out_shape=label_shape, **geo)
     if gray:
         img = gray_value_jitter(img, rng)
+    if blur > 0 or noise > 0:
+        img = blur_and_noise(img, rng, blur, noise)
     return img.astype(np.float32, copy=False), lab, wts

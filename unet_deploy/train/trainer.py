@@ -3,6 +3,7 @@ cross-entropy over the valid output region, elastic augmentation, dropout, He in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,15 @@ class TrainConfig:
     threads: int = 0
     resume: bool = True
     max_minutes: float = 0.0  # stop (and export) after this long; 0 = no limit
+    # start from these weights: a shipped model name, an .onnx file or a training checkpoint
+    # (.pt); architecture and normalization come from it (see ``init_from``)
+    init: str = ""
+    # robustness augmentation (off in the paper recipe): zoom +-scale_aug (0.2 = +-20 %),
+    # Gaussian blur up to blur_aug px, noise up to noise_aug x the image range; gamma and
+    # contrast changes are always on (augment.gray_value_jitter)
+    scale_aug: float = 0.0
+    blur_aug: float = 0.0
+    noise_aug: float = 0.0
     description: str = ""
     licence: str = ""
     norm: Normalization = field(default_factory=Normalization)
@@ -152,6 +162,60 @@ def model_info(cfg: TrainConfig) -> ModelInfo:
                      description=cfg.description)
 
 
+# metadata a fine-tuned model keeps from the model it started from, when the classes match
+_CARRIED = ("classes", "seed_threshold", "min_object_size", "foreground_threshold", "tta",
+            "binary_method", "watershed_h", "watershed_min_distance", "expects",
+            "default_output")
+
+
+def initial_weights(spec: str):
+    """(UNet, ModelInfo) of ``--init``: a shipped model name or ONNX path (weights read back
+    from the graph) or a training checkpoint ``.pt`` (weights-only)."""
+    from ..export import load_training_checkpoint
+    from ..model_store import resolve_model
+    from .unet import unet_from_onnx
+
+    if Path(spec).suffix == ".pt":
+        return load_training_checkpoint(spec)
+    return unet_from_onnx(resolve_model(spec))
+
+
+def init_from(cfg: TrainConfig, info: ModelInfo) -> tuple[dict, ModelInfo, str]:
+    """(state dict to load, ModelInfo of the new model, one-line note) for ``cfg.init``.
+
+    Depth, base, padding, input channels and normalization are the init model's (``cfg`` is
+    updated to match, so the run's config says what was trained). When its classes fit
+    ``cfg.scheme`` (same count and instance scheme) every weight and the post-processing
+    settings are kept; otherwise the 1x1 head is re-initialised and the note says so."""
+    src_model, src = initial_weights(cfg.init)
+    state = src_model.state_dict()
+    if src.in_channels != 1:
+        raise InputError(f"--init {cfg.init}: the model takes {src.in_channels} channels; "
+                         f"training takes 1-channel images; use a 1-channel model")
+    batch_norm = any(k.endswith("running_mean") for k in state)
+    cfg.depth, cfg.base, cfg.batch_norm = src.depth, src.base, batch_norm
+    cfg.norm = src.normalization
+    new = dataclasses.replace(info, depth=src.depth, base=src.base, padding=src.padding,
+                              in_channels=1, normalization=src.normalization,
+                              batch_norm=batch_norm)
+    if not new.geometry.is_legal(cfg.tile):
+        raise InputError(f"--tile {cfg.tile} is not a legal input size for the depth-"
+                         f"{src.depth} model of --init {cfg.init}; try "
+                         f"{new.geometry.nearest_legal(cfg.tile)}")
+    same = (len(src.classes) == len(new.classes)
+            and src.instance_scheme == new.instance_scheme)
+    if same:
+        for key in _CARRIED:
+            setattr(new, key, getattr(src, key))
+        return state, new, (f"--init {cfg.init}: all weights, classes "
+                            f"{'/'.join(src.classes)} and post-processing settings kept")
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    return state, new, (f"--init {cfg.init}: its classes {'/'.join(src.classes)} "
+                        f"({src.instance_scheme}) do not fit --scheme {cfg.scheme} "
+                        f"({'/'.join(new.classes)}); the 1x1 head is re-initialised, all other "
+                        f"weights are kept")
+
+
 def save_checkpoint(path: Path, model, opt, step: int, best: float, rng, cfg, info):
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -172,7 +236,9 @@ def sample_batch(prepared: list[Prepared], cfg: TrainConfig, out_size: int, rng)
     for _ in range(cfg.batch_size):
         p = prepared[rng.integers(len(prepared))]
         img, tgt, wts = random_augment(*random_patch(p, cfg.tile, out_size, rng), rng,
-                                       label_shape=(out_size, out_size))
+                                       label_shape=(out_size, out_size),
+                                       max_scale=cfg.scale_aug, blur=cfg.blur_aug,
+                                       noise=cfg.noise_aug)
         xs.append(img)
         ys.append(tgt)
         ws.append(wts)
@@ -212,13 +278,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     info = model_info(cfg)
+    last = out / "last.pt"
+    init_state = None
+    if cfg.init:  # architecture and metadata from the init model (also when resuming)
+        init_state, info, note = init_from(cfg, info)
+        if cfg.resume and last.exists():
+            init_state = None  # a resumed run continues from its own weights
+        else:
+            print(note, flush=True)
+            append_log(out, {"step": 0, "init": cfg.init, "note": note})
     out_size = output_side(cfg, info)
     samples = load_pairs(cfg.images, cfg.labels, cfg.norm, cfg.label_kind)
     train_set, val_set = split(samples, cfg.val_fraction, cfg.seed, cfg.val_last)
     prepared = [prepare(s, cfg, (cfg.tile - out_size) // 2, out_size) for s in train_set]
     model = build_unet(info)
+    if init_state is not None:
+        missing, unexpected = model.load_state_dict(init_state, strict=False)
+        if unexpected or any(not k.startswith("head.") for k in missing):
+            raise InputError(f"--init {cfg.init}: weights do not fit (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
     opt = make_optimizer(model, cfg)
-    last = out / "last.pt"
     step, best = resume(last, model, opt, cfg, rng) if cfg.resume and last.exists() else (0, -np.inf)
     t0 = time.time()
     model.train()
