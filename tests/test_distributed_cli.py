@@ -58,7 +58,7 @@ def test_cli_on_a_scheduler_and_worker_started_as_processes(tmp_path, tiny3_mode
     try:
         procs.append(subprocess.Popen(
             _dask_cli() + ["scheduler", "--host", "127.0.0.1", "--port", "0",
-                           "--dashboard-address", ":0", "--no-show",
+                           "--dashboard-address", "127.0.0.1:0", "--no-show",
                            "--scheduler-file", str(sched_file)],
             stdout=logs[0], stderr=subprocess.STDOUT, env=env))
         procs.append(subprocess.Popen(  # started at once: it waits for the scheduler file

@@ -10,6 +10,8 @@ a block allows -- so every output pixel is computed from the same numbers, bit f
 costs no network work (the tiles are the plan's own); it only makes each block read
 ``tile - step`` input rows beyond its own (``BlockPlan.halo_share``).
 
+- Block sizes (``plan_blocks``): whole waves of blocks on the cluster's threads, about
+  ``TARGET_BLOCK_ROWS`` rows, at least ``MIN_BLOCKS_PER_THREAD`` per thread.
 - The model is loaded once per worker process (a per-process cache keyed by the model's file,
   hash, backend and threads; ``loads()`` counts them) and checked against the client's file hash.
   The backend is the one the first worker chose (``auto``), pinned for all workers.
@@ -20,8 +22,9 @@ costs no network work (the tiles are the plan's own); it only makes each block r
   boundaries; a tile row that straddles one is computed by both neighbours and cropped), then
   the pyramid levels are reduced level by level as region tasks (the same 2x2 mode/mean as the
   streamed writer, so every level is identical); the client only writes the metadata and renames.
-- TIFF output: workers return their block, the client writes blocks in order through the usual
-  writer, holding a bounded window of blocks (``as_completed``).
+- TIFF output: workers return their block, the client writes blocks in image order through the
+  usual writer. At most ``2 x threads + 1`` blocks are submitted and not yet written; a finished
+  block stays on its worker until it is next in line, so the client holds one block at a time.
 - Instances: workers return the block's class map (1 byte per pixel); the client pushes it,
   cut at the plan's tile-row bands, through the same ``stream_instances.InstanceStream`` as the
   single-process run, so the instance ids come out identical (not only up to renumbering).
@@ -54,9 +57,9 @@ from .pipeline import Summary, default_output_path, output_format
 from .tiling import TilePlan
 
 TARGET_BLOCK_ROWS = 2048  # output rows a block aims at (halo share ~ (tile - step) / 2048)
-MIN_BLOCKS_PER_THREAD = 3  # ... but at least this many blocks per worker thread, for balance
+MIN_BLOCKS_PER_THREAD = 3  # ... and at least this many blocks per worker thread, for balance
+MAKESPAN_SLACK = 1.05  # a block size this close to the fastest is as good (bigger is cheaper)
 MAX_BLOCK_BYTES = 256 << 20  # output bytes of one block (wide images get fewer rows per block)
-CLIENT_WINDOW_BYTES = 1 << 30  # blocks held by the client (in flight + waiting to be written)
 CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler
 WORKER_TIMEOUT = 60.0  # seconds to wait for the first worker (external schedulers)
 STOP_TIMEOUT = 30.0  # seconds to wait for running Zarr writers after a cancel
@@ -116,18 +119,24 @@ def plan_blocks(plan: TilePlan, planes: int = 1, *, block_rows: int | None = Non
                 bytes_per_pixel: int = 4) -> BlockPlan:
     """Cut ``planes`` planes of ``plan`` into blocks of whole, consecutive tile rows.
 
-    ``block_rows``: output rows per block (rounded to whole tile rows); None = about
-    ``TARGET_BLOCK_ROWS``, but at least ``MIN_BLOCKS_PER_THREAD`` blocks per cluster thread
-    (``threads``) and at most ``MAX_BLOCK_BYTES`` of output (``bytes_per_pixel``) per block.
+    ``block_rows``: output rows per block (rounded to whole tile rows). None: the number of
+    tile rows per block ``k`` that finishes soonest on ``threads`` equal workers -- the least
+    ``ceil(blocks / threads) * k`` (tile rows per thread, waves included) -- among blocks of at
+    most ``TARGET_BLOCK_ROWS`` rows, ``MAX_BLOCK_BYTES`` of output (``bytes_per_pixel``) and
+    at least ``MIN_BLOCKS_PER_THREAD`` blocks per thread where the image has the rows; the
+    largest ``k`` within ``MAKESPAN_SLACK`` of the least wins (less halo, fewer tasks).
     ``chunk``: block edges must be multiples of it (Zarr output written by the workers); the
     tile rows a chunk edge cuts are then run by both blocks and cropped (``extra_tiles``)."""
     step, rows = plan.out_h, plan.rows
     if block_rows:
         k = max(1, round(block_rows / step))
     else:
-        k = max(1, min(math.ceil(TARGET_BLOCK_ROWS / step),
-                       math.ceil(rows / (MIN_BLOCKS_PER_THREAD * max(1, threads)))))
-        k = max(1, min(k, MAX_BLOCK_BYTES // max(1, step * plan.image_w * bytes_per_pixel)))
+        threads = max(1, threads)
+        cap = min(math.ceil(TARGET_BLOCK_ROWS / step),
+                  math.ceil(planes * rows / (MIN_BLOCKS_PER_THREAD * threads)),
+                  MAX_BLOCK_BYTES // max(1, step * plan.image_w * bytes_per_pixel))
+        span = {k: -(-planes * -(-rows // k) // threads) * k for k in range(1, max(1, cap) + 1)}
+        k = max(k for k, v in span.items() if v <= MAKESPAN_SLACK * min(span.values()))
     height = k * step
     if chunk:
         lcm = step * chunk // math.gcd(step, chunk)
@@ -451,7 +460,9 @@ def connect(workers: int | None = None, scheduler: str | None = None, *,
         raise ValueError(f"workers must be >= 1, got {workers}")
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                                        processes=True, host="127.0.0.1",
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                                       dashboard_address=None, silence_logs=logging.ERROR,
+                                       # its HTTP endpoint too on loopback, any free port
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
     try:
         client = distributed.Client(cluster, set_as_default=False)
         try:
@@ -592,7 +603,7 @@ class _Run:
                         o["on_blocks"](done, total)
 
                 try:
-                    self._blocks(job, src, info, blocks, writer, tick, direct, pixel_bytes)
+                    self._blocks(job, src, info, blocks, writer, tick)
                     if direct:
                         self._pyramid(job, writer, src)
                         for stale in Path(writer.tmp_path).glob(".busy-*"):
@@ -610,20 +621,20 @@ class _Run:
                                   extra_tiles=blocks.extra_tiles)
 
     # -- level 0 ---------------------------------------------------------------------
-    def _blocks(self, job: Job, src, info, blocks: BlockPlan, writer, tick, direct: bool,
-                pixel_bytes: int) -> None:
+    def _blocks(self, job: Job, src, info, blocks: BlockPlan, writer, tick) -> None:
+        """Submit the blocks, at most ``2 x threads + 1`` not yet written at a time, and hand
+        them to the writer in image order. A finished block's result stays on its worker
+        until it is next in line, so the client holds one block at a time; a result lost
+        with its worker is recomputed by the scheduler (the client still holds its future)."""
         distributed = _dask()
         o = self.o
         todo = deque(blocks.blocks)
         preps: dict[int, object] = {}
-        block_bytes = max(1, blocks.block_rows * job.plan.image_w * pixel_bytes)
-        threads = max(1, self.cluster.threads)
-        window = 4 * threads + 2 if direct else max(2, min(2 * threads + 1,
-                                                           CLIENT_WINDOW_BYTES // block_bytes))
-        running: dict = {}
-        ready: dict[int, object] = {}
+        window = 2 * max(1, self.cluster.threads) + 1
+        line: deque = deque()  # (block, future) submitted and not yet written, in image order
+        finished: set = set()
         stream = None
-        next_block, done = 0, 0
+        done = 0
         ac = distributed.as_completed(loop=self.client.loop)
 
         def prep_for(plane: int):
@@ -637,24 +648,26 @@ class _Run:
             return preps[plane]
 
         def submit() -> None:
-            while todo and len(running) + len(ready) < window:
+            while todo and len(line) < window:
                 b = todo.popleft()
                 fut = self.client.submit(run_block, job, prep_for(b.plane), b, pure=False,
                                          key=f"unet-block-{secrets.token_hex(4)}-{b.index}")
-                running[fut] = b
+                line.append((b, fut))
                 ac.add(fut)
 
         try:
             submit()
             for fut in ac:
-                b = running.pop(fut)
-                ready[b.index] = _result(fut, b)
-                fut.release()
+                if fut.status == "error":
+                    _result(fut)  # raises the block's error now, not when it is next in line
+                finished.add(fut.key)
                 done += 1
                 tick(done)
-                while next_block in ready:
-                    data = ready.pop(next_block)
-                    blk = blocks.blocks[next_block]
+                while line and line[0][1].key in finished:
+                    blk, head = line.popleft()
+                    finished.discard(head.key)
+                    data = _result(head, blk)
+                    head.release()
                     if job.output == "instances":
                         if blk.y0 == 0:
                             if stream is not None:
@@ -665,15 +678,16 @@ class _Run:
                                 writer.write_band(rows)
                     elif data is not None:
                         writer.write_band(data)
-                    next_block += 1
                 if o["cancel"] is not None and o["cancel"].is_set():
                     raise Cancelled(f"cancelled after {done} of {len(blocks.blocks)} blocks; "
                                     f"nothing was written")
                 submit()
+            if line or todo:
+                raise RuntimeError(f"{len(line) + len(todo)} blocks were never finished")
             if stream is not None:
                 stream.finish()
         except BaseException:
-            self.client.cancel(list(running))
+            self.client.cancel([f for _, f in line])
             raise
 
     def _stream(self, plan: TilePlan, info):
@@ -697,9 +711,12 @@ class _Run:
     def _pyramid(self, job: Job, writer, src) -> None:
         from .pyramid import level_shape
 
-        step = max(writer.chunk, (TARGET_BLOCK_ROWS // writer.chunk) * writer.chunk)
+        px_bytes = writer.samples * np.dtype(writer.dtype).itemsize
         for level in range(1, writer.levels):
-            h = level_shape(src.height, src.width, level)[0]
+            h, w = level_shape(src.height, src.width, level)
+            # a task reads 2 x step rows of the level below (2 x w wide): MAX_BLOCK_BYTES
+            rows = min(TARGET_BLOCK_ROWS, MAX_BLOCK_BYTES // max(1, 4 * w * px_bytes))
+            step = max(1, rows // writer.chunk) * writer.chunk
             futs = [self.client.submit(reduce_region, job.zarr, level, job.lead_shape, p, y0,
                                        min(h, y0 + step), src.height, job.output, pure=False)
                     for p in range(src.n_planes) for y0 in range(0, h, step)]
