@@ -106,6 +106,16 @@ def test_not_ngff_and_missing_level(tmp_path, tiny_model):
     z = _zarr_image(tmp_path / "one.ome.zarr", [np.zeros((16, 16), np.uint8)])
     res = _cli("segment", z, "--level", 3, "-m", tiny_model, "-q")
     assert res.exit_code == 3 and "--level 0..0" in res.output
+    import unet_deploy.zarr_io as zio  # chunks too large to stream: refused, naming the fix
+
+    big = _zarr_image(tmp_path / "big.ome.zarr", [np.zeros((64, 64), np.uint8)])
+    orig = zio.MAX_CHUNK_BYTES
+    try:
+        zio.MAX_CHUNK_BYTES = 1000
+        with pytest.raises(InputError, match="rechunk"):
+            open_image(big)
+    finally:
+        zio.MAX_CHUNK_BYTES = orig
     path0 = json.loads((z / ".zattrs").read_text())["multiscales"][0]["datasets"][0]["path"]
     shutil.rmtree(z / path0)  # an incomplete image: metadata names an array that is gone
     with pytest.raises(InputError, match="missing"):
