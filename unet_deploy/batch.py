@@ -53,15 +53,14 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
 
 
 def output_paths(inputs: list[Path], output_path: str | Path | None, kind: str) -> list[Path]:
-    """One input: ``output_path`` is the output file. Several: it is a folder (created if
-    missing) holding ``NAME.<kind>.tif`` for each input; without it, outputs go beside inputs."""
+    """One input: ``output_path`` is the output file (or OME-Zarr folder). Several: it is a
+    folder (created if missing) holding ``NAME.<kind>.tif`` for each input; without it, outputs
+    go beside the inputs."""
     from .pipeline import default_output_path
 
     if len(inputs) == 1:
-        out = Path(output_path) if output_path else default_output_path(inputs[0], kind)
-        if out.is_dir() and not out.name.lower().endswith(".zarr"):
-            out = out / default_output_path(inputs[0], kind).name
-        return [out]
+        # an existing folder is refused by io.check_output (naming a file inside it)
+        return [Path(output_path) if output_path else default_output_path(inputs[0], kind)]
     if output_path is None:
         outs = [default_output_path(p, kind) for p in inputs]
     else:
@@ -75,6 +74,19 @@ def output_paths(inputs: list[Path], output_path: str | Path | None, kind: str) 
         raise OptionError(f"{sorted(clash)[0]}: several inputs would write this same output "
                           f"(same name in different folders); segment them separately")
     return outs
+
+
+def declared_info(model):
+    """The ModelInfo a model file declares (ONNX metadata or an engine's manifest), read
+    without opening a backend."""
+    from .model_store import read_onnx, resolve_model
+
+    path = resolve_model(model)
+    if path.suffix == ".engine":
+        from .engines import model_info_of, read_manifest
+
+        return model_info_of(read_manifest(path))
+    return read_onnx(path).info
 
 
 @dataclass
@@ -113,15 +125,16 @@ def segment_files(inputs: Iterable[str | Path], model=None, *, output_path=None,
     paths = expand_inputs(inputs)
     if output is not None and output not in OUTPUT_KINDS:
         raise OptionError(f"output {output!r}: choose one of {', '.join(OUTPUT_KINDS)}")
+    # every output is checked before a backend is opened (no compute, no GPU, for a mistake)
+    kind = output or declared_info(model).default_output_kind
+    outs = output_paths(paths, output_path, kind)
+    if len(paths) > 1 and output_path is not None:
+        Path(output_path).mkdir(parents=True, exist_ok=True)
+    for src_path, out in zip(paths, outs):
+        check_output(out, src_path, overwrite)
     results: list[FileResult] = []
     with open_backend(model, backend, threads=threads) as be:
         info = be.info
-        kind = output or info.default_output_kind
-        outs = output_paths(paths, output_path, kind)
-        if len(paths) > 1 and output_path is not None:
-            Path(output_path).mkdir(parents=True, exist_ok=True)
-        for src_path, out in zip(paths, outs):
-            check_output(out, src_path, overwrite)
         total = 0
         for src_path in paths:  # metadata only, plus a few sample bands for the fit check
             with open_image(src_path, series=series, max_pixels=max_pixels,

@@ -76,6 +76,13 @@ class OneLineGroup(TyperGroup):
             typer.echo("interrupted: no output was written", err=True)
             code = 130
         if standalone_mode:
+            if code == 130:
+                # An interrupt that landed inside a module import can leave CPython's
+                # "unhandled KeyboardInterrupt" flag set, and `python -m` then dies by SIGINT
+                # (-2) instead of exiting 130. Cleanup has run (temporary files are gone).
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
             sys.exit(code)
         return code
 
