@@ -322,3 +322,19 @@ def test_pyramid_rules():
     assert reduce_mode(np.array([[1, 2], [3, 4]])).item() == 1  # all differ: top-left
     assert reduce_mode(np.array([[1, 2], [2, 4]])).item() == 2  # the majority
     assert reduce_mean(np.array([[0.0, 1.0], [1.0, 0.0]])).item() == 0.5
+
+
+def test_ome_tiff_disk_full_leaves_nothing(tmp_path, tiny3_model, monkeypatch):
+    import unet_deploy.ome_tiff as ome
+
+    inp = tmp_path / "in.tif"
+    tifffile.imwrite(inp, np.random.default_rng(6).integers(0, 255, (1100, 30), np.uint8))
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ome.os, "pwrite", full)
+    out = tmp_path / "p.ome.tif"
+    with pytest.raises(OutputError, match="disk full"):
+        segment_file(inp, out, tiny3_model, output="probabilities", progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
