@@ -2,8 +2,10 @@
 
 Kernels are pure functions that fill arrays the caller allocates (stumpy
 style).  They are compiled with ``@numba.njit(cache=True, nogil=True)`` and
-deliberately NOT ``parallel=True``: ONNX Runtime owns the cores, and
-``nogil`` lets a reader/writer thread run kernels next to inference.
+deliberately NOT ``parallel=True``: the caller decides the threads --
+``unet_deploy.workers`` runs one kernel call per piece of work (tile chunks,
+band row ranges) on as many threads as asked, next to inference and the
+writer, with no second thread pool fighting ONNX Runtime's for the cores.
 
 * :mod:`.mirror` -- "reflect" coordinate mapping (U-Net mirroring).
 * :mod:`.gather` -- mirrored tile extraction fused with dtype conversion,

@@ -84,6 +84,20 @@ class BackendContract:
             out = backend.infer(tiles)
         self.check_parity(out, reference)
 
+    def test_labels_are_the_argmax_of_its_probabilities(self, backend, tiles):
+        """``infer(labels=True)``: the class map (computed where the probabilities are) or,
+        from a backend that cannot, probabilities; either way the same labels."""
+        with backend:
+            probs = backend.infer(tiles)
+            out = backend.infer(tiles, labels=True)
+        if backend.computes_labels:
+            assert out.shape == (len(tiles), OUT, OUT) and out.dtype == np.uint8
+        else:
+            assert out.shape == probs.shape
+            out = out.argmax(1)
+        exact = self.tolerance <= 1e-4  # reduced precision: ties may break differently
+        assert np.mean(out == probs.argmax(1)) >= (1.0 if exact else 0.999)
+
     def test_threads_get_consistent_results(self, backend, tiles, reference):
         """Many threads calling one backend at once (README: any number of threads may share
         one Segmenter) each get what a lone call gets, and that is the reference."""

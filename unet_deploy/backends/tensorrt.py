@@ -13,6 +13,10 @@ is cut into two halves that alternate between two slots (double buffering): whil
 half computes, slot B's host→device copy is already queued on its own stream, and A's
 device→host copy overlaps B's compute. Contexts are never shared between threads, as TensorRT
 requires.
+
+Labels on the device (``computes_labels``): for ``output="labels"`` the argmax over the classes
+and the sum of all probabilities (the non-finite check) run on the slot's stream with torch
+after the engine, and only the uint8 class map and one float are copied back.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class _Slot:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    computes_labels = True
 
     def __init__(self, engine_path: str | Path, onnx_path: str | Path | None = None,
                  env=None):
@@ -99,11 +104,21 @@ class TensorRTBackend(Backend):
         slot.y = torch.empty(oshape, dtype=torch.float32, device=self.device)
         slot.hin = torch.empty(shape, dtype=torch.float32, pin_memory=True)
         slot.hout = torch.empty(oshape, dtype=torch.float32, pin_memory=True)
+        wide = torch.uint8 if self.info.out_channels <= 256 else torch.int32
+        slot.hcls = torch.empty((oshape[0],) + oshape[2:], dtype=wide, pin_memory=True)
+        slot.htot = torch.empty((), dtype=torch.float32, pin_memory=True)
         slot.context.set_tensor_address(self.iname, int(slot.x.data_ptr()))
         slot.context.set_tensor_address(self.oname, int(slot.y.data_ptr()))
         slot.shape = shape
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch, labels=False)
+
+    def _infer_labels(self, batch: np.ndarray) -> tuple[np.ndarray, bool]:
+        return self._run(batch, labels=True)
+
+    def _run(self, batch: np.ndarray, labels: bool):
+        """Probabilities, or (class map, all probabilities finite) with ``labels``."""
         import torch
 
         self._check(batch)
@@ -112,12 +127,17 @@ class TensorRTBackend(Backend):
         chunk = min(max(1, -(-n // 2)), self.manifest.batch)
         starts = list(range(0, n, chunk))
         results: list[np.ndarray | None] = [None] * len(starts)
+        finite = [True]
 
         def collect(slot):
             if slot.pending is not None:
                 k, rows = slot.pending
                 slot.done.synchronize()
-                results[k] = slot.hout.numpy()[:rows].copy()
+                if labels:
+                    results[k] = slot.hcls.numpy()[:rows].copy()
+                    finite[0] = finite[0] and bool(np.isfinite(slot.htot.numpy()))
+                else:
+                    results[k] = slot.hout.numpy()[:rows].copy()
                 slot.pending = None
 
         for k, s0 in enumerate(starts):
@@ -130,9 +150,15 @@ class TensorRTBackend(Backend):
                 slot.x.copy_(slot.hin, non_blocking=True)
                 if not slot.context.execute_async_v3(slot.stream.cuda_stream):
                     raise BackendError(f"{self.path}: TensorRT execute_async_v3 failed")
-                slot.hout.copy_(slot.y, non_blocking=True)
+                if labels:  # temporaries live on this stream: reused only after these copies
+                    slot.hcls.copy_(torch.argmax(slot.y, dim=1).to(slot.hcls.dtype),
+                                    non_blocking=True)
+                    slot.htot.copy_(slot.y.sum(), non_blocking=True)
+                else:
+                    slot.hout.copy_(slot.y, non_blocking=True)
                 slot.done.record(slot.stream)
             slot.pending = (k, part.shape[0])
         for slot in slots:
             collect(slot)
-        return np.concatenate(results)
+        out = np.concatenate(results)
+        return (out, finite[0]) if labels else out
