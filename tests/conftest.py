@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +15,28 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def export_random_unet(path: Path, **kw) -> Path:
-    """``unet_deploy.testing.random_unet_onnx``, skipping the test where torch is missing."""
+    """``unet_deploy.testing.random_unet_onnx``, skipping the test where torch is missing.
+
+    With ``UNET_DEPLOY_TEST_MODEL_CACHE`` set (the mutation runs, ``tests/mutation.md``), a model
+    exported once is copied from that folder (the factory is a pure function of its
+    arguments), saving the export in each of the many short test runs."""
+    cache = os.environ.get("UNET_DEPLOY_TEST_MODEL_CACHE")
+    if cache:
+        key = hashlib.sha256(repr((path.name, sorted(kw.items()))).encode()).hexdigest()[:16]
+        cached = Path(cache) / f"{path.stem}-{key}.onnx"
+        if cached.is_file():
+            shutil.copyfile(cached, path)
+            return path
     pytest.importorskip("torch")
     from unet_deploy.testing import random_unet_onnx
 
-    return random_unet_onnx(path, **kw)
+    random_unet_onnx(path, **kw)
+    if cache:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, cached)
+    return path
 
 
 @pytest.fixture(scope="session")
