@@ -112,21 +112,26 @@ def client_rates(ref_labels: Path, ref_probs: Path, info, plan) -> dict:
     from unet_deploy.postprocess import instance_classes
     from unet_deploy.readers import ArraySource
     from unet_deploy.outputs import open_writer
-    from unet_deploy.stream_instances import InstanceStream
+    from unet_deploy.stream_instances import DEFAULT_MAX_OBJECT, InstanceStream
 
     labels = tifffile.imread(ref_labels)
-    with tempfile.TemporaryDirectory() as tmp:
-        src = ArraySource(labels)
-        t0 = time.perf_counter()
-        with open_writer(Path(tmp) / "w.tif", src, 1, np.uint8, output="labels") as w:
-            for y in range(0, labels.shape[0], plan.out_h):
-                w.write_band(labels[y : y + plan.out_h])
-        write = time.perf_counter() - t0
+    write = []
+    for _ in range(2):  # the first pays one-time imports and thread start-up
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            with open_writer(Path(tmp) / "w.tif", ArraySource(labels), 1, np.uint8,
+                             output="labels") as w:
+                for y in range(0, labels.shape[0], plan.out_h):
+                    w.write_band(labels[y : y + plan.out_h])
+            write.append(time.perf_counter() - t0)
+    write = min(write)
     probs = tifffile.imread(ref_probs)
+    if probs.shape[-1] != info.out_channels:  # OME-TIFF: one page per class
+        probs = np.moveaxis(probs, 0, -1)
     classes = instance_classes(probs, info)
     del probs
     stream = InstanceStream(*classes.shape, info.instance_scheme, info.out_channels,
-                            info.min_object_size, 4096)
+                            info.min_object_size, DEFAULT_MAX_OBJECT)
     t0 = time.perf_counter()
     for y in range(0, classes.shape[0], plan.out_h):
         for _ in stream.push(classes[y : y + plan.out_h]):
@@ -164,6 +169,23 @@ def predict(n_workers: int, image: tuple[int, int], tile: int, info, t_tile: flo
 
 
 def main(argv=None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["report"]:  # the model and the table again, from results/distributed.json
+        finish(json.loads((RESULTS / "distributed.json").read_text()))
+        return
+    if argv[:1] == ["client"]:  # re-measure the client's rates on a run's reference outputs
+        res = json.loads((RESULTS / "distributed.json").read_text())
+        from unet_deploy.model_store import load_model
+        from unet_deploy.tiling import plan_tiles
+
+        info = load_model(res["model"]).info
+        plan = plan_tiles(*res["size"], info.geometry, res["tile"])
+        work = Path(argv[1] if len(argv) > 1 else res["work"])
+        res["client"] = client_rates(work / "ref.labels.tif", work / "ref.probabilities.tif",
+                                     info, plan)
+        finish(res)
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="3120x2088", help="mosaic HxW (or a side)")
     ap.add_argument("--tile", type=int, default=572)
@@ -197,7 +219,7 @@ def main(argv=None) -> None:
     def single(output: str, suffix: str = ".tif") -> tuple[Path, float]:
         out = work / f"ref.{output}{suffix}"
         t0 = time.perf_counter()
-        segment_file(mosaic, out, args.model, output=output, threads=0, max_object=4096, **kw)
+        segment_file(mosaic, out, args.model, output=output, threads=0, **kw)
         return out, time.perf_counter() - t0
 
     # ---- references (single process, 2 threads)
@@ -224,8 +246,7 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             with get_task_stream(client=clusters[n][1].client) as ts:
                 s = segment_distributed(mosaic, out, args.model, cluster=clusters[n][1],
-                                        output=output, threads=threads[n], max_object=4096,
-                                        **kw, **extra)
+                                        output=output, threads=threads[n], **kw, **extra)
             return out, time.perf_counter() - t0, s, block_times(ts.data)
 
         # warm-up (model load on every worker, kernels) and first exactness check
@@ -316,35 +337,49 @@ def main(argv=None) -> None:
     t_tile2 = float(np.mean([b["seconds"] for b in blocks[2]])) / tiles_per_block[2]
     res["t_tile_1worker_s"] = t_tile
     res["t_tile_2workers_s"] = t_tile2
+    res["size"] = [h, w]
+    res["work"] = str(work)
+    finish(res, write=not args.no_write)
+
+
+def finish(res: dict, write: bool = True) -> None:
+    """The model (checked against the measured runs, then the slide) and the report, from the
+    raw numbers in ``res`` (also what ``report`` and ``client`` rerun)."""
+    from unet_deploy.model_store import load_model
+    from unet_deploy.tiling import plan_tiles
+
+    res = json.loads(json.dumps(res, default=str))  # one form: JSON keys (strings)
+    info = load_model(res["model"]).info
+    h, w = res["size"]
+    mpx = h * w / 1e6
+    tile = res["tile"]
+    plan = plan_tiles(h, w, info.geometry, tile)
+    runs, start, fixed = res["runs_s"], res["start_s"], res["prep_s"]
+    t_tile, t_tile2 = res["t_tile_1worker_s"], res["t_tile_2workers_s"]
     o_task = res["task_overhead"]["windowed_s"]
-    single_s = min(runs["single"])
-    fixed = t_prep
     # check the model against the measured runs on this machine (1 worker = 2 threads; 2
     # workers share the same 2 cores, so each is half a machine: t_tile2)
-    checks = {1: predict(1, (h, w), args.tile, info, t_tile, o_task,
+    checks = {1: predict(1, (h, w), tile, info, t_tile, o_task,
                          res["client"]["tiff_write_mpx_s"], fixed),
-              2: predict(2, (h, w), args.tile, info, t_tile2, o_task,
+              2: predict(2, (h, w), tile, info, t_tile2, o_task,
                          res["client"]["tiff_write_mpx_s"], fixed)}
     res["model_check"] = {n: {"predicted_s": c["total_s"],
                               "measured_s": min(runs["1 worker" if n == 1 else "2 workers"])}
                           for n, c in checks.items()}
     slide_px = SLIDE[0] * SLIDE[1] / 1e6
-    single_rate = mpx / single_s
     res["slide"] = {}
     for out_kind, rate in (("labels -> OME-Zarr (workers write)", None),
                            ("labels -> TIFF (client writes)", res["client"]["tiff_write_mpx_s"]),
                            ("instances (client stream)", res["client"]["instances_mpx_s"])):
-        rows = [predict(n, SLIDE, args.tile, info, t_tile, o_task, rate,
-                        fixed * slide_px / mpx + start[2]) for n in NODES]
+        rows = [predict(n, SLIDE, tile, info, t_tile, o_task, rate,
+                        fixed * slide_px / mpx + start["2"])
+                for n in NODES]
         for p in rows:  # against one worker of the same speed (the model's own baseline)
             p["speedup"] = rows[0]["total_s"] / p["total_s"]
         res["slide"][out_kind] = rows
-    res["single_mpx_s"] = single_rate
-
-    (work / "result.json").write_text(json.dumps(res, indent=1, default=str))
-    lines = report(res, h, w, mpx, plan)
-    publish(lines, "distributed.md", write=not args.no_write)
-    if not args.no_write:
+    res["single_mpx_s"] = mpx / min(runs["single"])
+    publish(report(res, h, w, mpx, plan), "distributed.md", write=write)
+    if write:
         (RESULTS / "distributed.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
 
 
@@ -379,13 +414,13 @@ def report(res: dict, h: int, w: int, mpx: float, plan) -> list[str]:
           f"{b2['extra_tiles']:.0%} extra tiles). For Zarr output the blocks are cut at the "
           f"256-row chunks (lcm(384, 256) = 768 rows: again no tile row twice).",
           f"- Cluster start (LocalCluster + first model load on the workers, not in the times "
-          f"above): 1 worker {res['start_s'][1]:.1f} s, 2 workers {res['start_s'][2]:.1f} s; "
+          f"above): 1 worker {res['start_s']['1']:.1f} s, 2 workers {res['start_s']['2']:.1f} s; "
           f"first (warm-up) run {res['warm_run_1_s']:.1f} s / {res['warm_run_2_s']:.1f} s; "
           f"closing {res['close_1_s']:.1f} / {res['close_2_s']:.1f} s.",
-          f"- Last summary lines: `{res['summaries'][2]}`", "",
+          f"- Last summary lines: `{res['summaries']['2']}`", "",
           "## Measured costs behind the model", "",
           "| quantity | value |", "|---|---|",
-          f"| block compute per tile, 1 worker x 2 threads (task stream, median block) | "
+          f"| block compute per tile, 1 worker x 2 threads (task stream, mean over blocks) | "
           f"{res['t_tile_1worker_s'] * 1e3:.0f} ms |",
           f"| block compute per tile, 2 workers x 1 thread on the same 2 cores | "
           f"{res['t_tile_2workers_s'] * 1e3:.0f} ms |",

@@ -282,7 +282,8 @@ def segment(
             on_backend=say_backend, backend=backend, batch_size=batch_size, tile=tile,
             overwrite=overwrite, series=series, max_pixels=max_pixels,
             nan_policy=_value(nan_policy), channels=channel or None, progress=not quiet,
-            level=level, max_object=max_object, tta=_value(tta))
+            level=level, max_object=max_object, tta=_value(tta),
+            warn=None if quiet else (lambda m: typer.echo(f"warning: {m}", err=True)))
         return
     segment_files(inputs, model, output_path=output_path, output=_value(output),
                   backend=backend, batch_size=batch_size, tile=tile, threads=threads,

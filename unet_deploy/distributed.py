@@ -458,11 +458,12 @@ def connect(workers: int | None = None, scheduler: str | None = None, *,
         return
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                                       processes=True, host="127.0.0.1",
-                                       dashboard_address=None, silence_logs=logging.ERROR,
-                                       # its HTTP endpoint too on loopback, any free port
-                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    with _sigint_ignored():  # the worker processes inherit it: Ctrl-C is the client's to handle
+        cluster = distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=threads_per_worker,
+            processes=True, host="127.0.0.1", dashboard_address=None,
+            silence_logs=logging.ERROR,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})  # HTTP endpoint: loopback
     try:
         client = distributed.Client(cluster, set_as_default=False)
         try:
@@ -471,6 +472,23 @@ def connect(workers: int | None = None, scheduler: str | None = None, *,
             client.close()
     finally:
         cluster.close()
+
+
+@contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while local worker processes start (they inherit it), so a Ctrl-C in the
+    terminal reaches only the client, which cancels the run and closes the cluster cleanly
+    (instead of every worker printing a traceback). Main thread only; elsewhere a no-op."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -776,12 +794,14 @@ def segment_files_distributed(inputs, model=None, *, workers: int | None = None,
                               scheduler: str | None = None, output_path=None,
                               output: str | None = None, threads: int | None = None,
                               preview: bool = False, on_file=None,
+                              warn: Callable[[str], None] | None = None,
                               on_backend: Callable[[str, str], None] | None = None,
                               connect_timeout: float | None = None, **options) -> list:
     """``batch.segment_files`` on a cluster (the CLI's ``--workers``/``--scheduler``): inputs
     expanded the same way, every output checked before the cluster starts, one cluster for
-    all files, a ``batch.FileResult`` per file (``on_file``) whose summary names the cluster.
-    ``options``: as ``segment_distributed`` (backend, batch_size, tile, overwrite, ...)."""
+    all files, a ``batch.FileResult`` per file (``on_file``) whose summary names the cluster,
+    the same fit warnings (``warn``). ``options``: as ``segment_distributed`` (backend,
+    batch_size, tile, overwrite, ...)."""
     from .batch import FileResult, expand_inputs, output_paths
     from .errors import OptionError
     from .io import check_output
@@ -811,6 +831,8 @@ def segment_files_distributed(inputs, model=None, *, workers: int | None = None,
             Path(output_path).mkdir(parents=True, exist_ok=True)
         for src_path, out in zip(paths, outs):
             check_output(out, src_path, options.get("overwrite", False))
+        for src_path in paths if warn is not None else ():
+            _fit_warnings(src_path, found.info, options, warn)
         for src_path, out in zip(paths, outs):
             summary = segment_distributed(src_path, out, model, cluster=cl, output=kind,
                                           threads=threads, **options)
@@ -824,3 +846,17 @@ def segment_files_distributed(inputs, model=None, *, workers: int | None = None,
             if on_file is not None:
                 on_file(result)
     return results
+
+
+def _fit_warnings(path, info, options: dict, warn: Callable[[str], None]) -> None:
+    """``fit.fit_warnings`` for one input, as ``batch.segment_files`` gives them."""
+    from .fit import fit_warnings
+    from .io import open_image
+
+    with open_image(path, series=options.get("series"), max_pixels=options.get("max_pixels"),
+                    nan_policy=options.get("nan_policy", "error"),
+                    level=options.get("level")) as src:
+        spec = InputSpec(str(path), channels=tuple(options["channels"])
+                         if options.get("channels") is not None else None)
+        for line in fit_warnings(_plane_reader(src, spec, 0), info, str(path)):
+            warn(line)
