@@ -179,7 +179,8 @@ class InstanceStream:
         mask = np.zeros(res.objects.shape, bool)
         mask[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] = in_group[sub]
         py, px = np.nonzero(mask)
-        failed = np.zeros(py.size, bool)
+        failed = np.zeros(py.size, bool)  # needs a bigger window
+        waiting = np.zeros(py.size, bool)  # needs rows below that have not arrived
         need = 0
         if res.nearest is not None:
             # only regions with a seed use the nearest-seed choice
@@ -206,12 +207,16 @@ class InstanceStream:
                         f"{e0 - self.lo} rows that --max-object {self.max_object} keeps for "
                         f"streaming instances; rerun with --max-object "
                         f"{max(2 * self.max_object, 2 * dist)} or use --output labels")
-                failed |= short
+                if side == 1 and wy1 == self.hi:
+                    waiting |= short  # growing the window cannot help until more rows come
+                else:
+                    failed |= short
             if failed.any():
                 need = int(math.isqrt(int(d2[failed].max()))) + 2
-        failed_comps = np.zeros(len(boxes) + 1, bool)
-        failed_comps[comps[py[failed] + wy0 - e0, px[failed] + wx0]] = True
-        ok = ~failed_comps[comps[py + wy0 - e0, px + wx0]]
+        comp_of = comps[py + wy0 - e0, px + wx0]
+        blocked = np.zeros(len(boxes) + 1, bool)
+        blocked[comp_of[failed | waiting]] = True
+        ok = ~blocked[comp_of]
         if ok.any():
             oy, ox = py[ok], px[ok]
             keys, inv, counts = np.unique(res.objects[oy, ox], return_inverse=True,
@@ -221,15 +226,12 @@ class InstanceStream:
             lut[keep] = self._new_ids(int(keep.sum()))
             self.ids[oy + wy0 - e0, ox + wx0] = lut[inv.ravel()]
             self.done[oy + wy0 - e0, ox + wx0] = True
-        retry = [int(g) for g in np.flatnonzero(failed_comps)]
+        later = np.zeros(len(boxes) + 1, bool)
+        later[comp_of[waiting]] = True  # finished by a later push, with more rows below
+        retry = [int(g) for g in np.flatnonzero(blocked & ~later)]
         if not retry:
             return []
-        grow = max(need, 2 * margin)
-        bigger = (max(self.lo, y0 - grow), min(self.hi, y1 + grow),
-                  max(0, x0 - grow), min(self.width, x1 + grow))
-        if bigger == (wy0, wy1, wx0, wx1):
-            return []  # only rows below are missing: a later push finishes these regions
-        return [(retry, grow)]
+        return [(retry, max(need, margin + 1))]
 
     def _emit(self) -> Iterator[np.ndarray]:
         pend = self.classes[self.emit0 - self.lo:]
