@@ -13,6 +13,7 @@ writer, with no second thread pool fighting ONNX Runtime's for the cores.
 * :mod:`.stitch` -- writing tiles back (argmax labels, probabilities, or class
   maps a backend already computed).
 * :mod:`.reduce` -- 2x2 mode of label maps (resolution pyramids).
+* :mod:`.reconstruct` -- grey-scale reconstruction by dilation (EM watershed seeds).
 
 The compiled code is cached outside the installed package (:mod:`.caching`), so an
 uninstall leaves nothing behind that could shadow a later install.
@@ -23,6 +24,7 @@ from .caching import cache_outside_package
 with cache_outside_package():
     from .gather import gather_tiles, gather_tiles_numpy
     from .mirror import mirror_index, mirror_indices
+    from .reconstruct import reconstruct_dilation, reconstruct_dilation_numpy
     from .reduce import mode_2x2, mode_2x2_numpy
     from .stitch import (
         stitch_classes,
@@ -38,6 +40,8 @@ __all__ = [
     "mirror_indices",
     "mode_2x2",
     "mode_2x2_numpy",
+    "reconstruct_dilation",
+    "reconstruct_dilation_numpy",
     "gather_tiles",
     "gather_tiles_numpy",
     "stitch_classes",

@@ -36,7 +36,7 @@ GRIDS = {
                    "min_object_size": (0, 20, 60)},
     "watershed": {"foreground_threshold": (0.4, 0.5, 0.6, 0.7, 0.8),
                   "watershed_h": (0.02, 0.05, 0.1, 0.2),
-                  "watershed_min_distance": (0.0, 3.0),
+                  "watershed_min_distance": (0.0, 2.0, 4.0),
                   "min_object_size": (0, 20)},
 }
 
