@@ -61,6 +61,10 @@ def test_gate_report_numbers():
     assert gate_report(ref, cand, 0.0).label_agreement == 0.0
     with pytest.raises(ModelError, match="shapes differ"):
         gate_report(ref, cand[:, :, :1])
+    # tiles x h x w pixels, for a shape whose every axis differs (N=2, K=3, h=4, w=5)
+    big = np.random.default_rng(0).random((2, 3, 4, 5)).astype(np.float32)
+    r = gate_report(big, big)
+    assert (r.tiles, r.pixels, r.label_agreement, r.max_abs_error) == (2, 40, 1.0, 0.0)
 
 
 def test_calibration_tiles_use_the_pipeline_normalization(tiny_onnx, images):

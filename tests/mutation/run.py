@@ -152,8 +152,33 @@ def run_module(name: str, module: dict, work: Path, tree: Path, allow: list[str]
     sh(["cosmic-ray", "exec", config, session], env=env, cwd=tree)
 
 
-def summarize(session: Path) -> dict:
-    """Counts and survivors of one session, from ``cosmic-ray dump``."""
+def retest_survivors(name: str, module: dict, work: Path, tree: Path) -> None:
+    """After tests were added: bring the snapshot's tests/ up to HEAD (the mutated sources
+    stay as they were), check the unmutated selection still passes, and run the survivors
+    again."""
+    from cosmic_ray.work_db import WorkResultStorage, use_db
+
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "tests"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    env = environment(work, tree)
+    config = work / "sessions" / f"{name}.toml"
+    session = work / "sessions" / f"{name}.sqlite"
+    if sh(["cosmic-ray", "baseline", config], env=env, cwd=tree, check=False).returncode:
+        raise SystemExit(f"{name}: the unmutated tests fail in the snapshot with HEAD's tests")
+    with use_db(str(session)) as db:
+        survived = [job for job, result in db.results
+                    if result.worker_outcome == "normal" and result.test_outcome == "survived"]
+        with db._session_maker.begin() as s:  # cosmic-ray has no "reset result" API
+            s.query(WorkResultStorage).filter(WorkResultStorage.job_id.in_(survived)).delete(
+                synchronize_session=False)
+    print(f"{name}: {len(survived)} survivors pending again", flush=True)
+    sh(["cosmic-ray", "exec", config, session], env=env, cwd=tree)
+
+
+def summarize(session: Path, tree: Path | None = None) -> dict:
+    """Counts and survivors of one session, from ``cosmic-ray dump`` (with ``tree``, each
+    survivor shows its source line)."""
     dump = subprocess.run(["cosmic-ray", "dump", str(session)], check=True,
                           capture_output=True, text=True).stdout
     counts = {"killed": 0, "survived": 0, "incompetent": 0, "skipped": 0, "pending": 0}
@@ -170,9 +195,14 @@ def summarize(session: Path) -> dict:
         else:
             counts[result["test_outcome"]] += 1
             if result["test_outcome"] == "survived":
-                survivors.append(f"{m['module_path']}:{m['start_pos'][0]} "
+                line = m["start_pos"][0]
+                text = ""
+                if tree is not None:
+                    text = (tree / m["module_path"]).read_text().splitlines()[line - 1].strip()
+                    text = f": `{text}`"
+                survivors.append(f"{m['module_path']}:{line} "
                                  f"{m['operator_name'].removeprefix('core/')} "
-                                 f"(occurrence {m['occurrence']}, in {m['definition_name']})")
+                                 f"(col {m['start_pos'][1]}, in {m['definition_name']}){text}")
     tested = counts["killed"] + counts["survived"]
     counts["score"] = counts["killed"] / tested if tested else float("nan")
     counts["survivors"] = sorted(survivors, key=lambda s: (s.split()[0].split(":")[0],
@@ -189,13 +219,18 @@ def main(argv=None) -> int:
                     default=Path(tempfile.gettempdir()) / "unet-deploy-mutation")
     ap.add_argument("--fresh", action="store_true", help="new snapshot and sessions")
     ap.add_argument("--report", action="store_true", help="only print the results table")
+    ap.add_argument("--retest-survivors", action="store_true",
+                    help="update the snapshot's tests to HEAD and run the survivors again")
     args = ap.parse_args(argv)
     names = args.names or list(modules)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         sh(["rm", "-rf", args.work / "sessions"])
     tree = snapshot(args.work, args.fresh)
-    if not args.report:
+    if args.retest_survivors:
+        for name in names:
+            retest_survivors(name, modules[name], args.work, tree)
+    elif not args.report:
         for name in names:
             run_module(name, modules[name], args.work, tree, allow)
     print(f"\nsnapshot of commit {(tree / 'COMMIT').read_text().strip()[:12]}\n")
@@ -207,7 +242,7 @@ def main(argv=None) -> int:
         session = args.work / "sessions" / f"{name}.sqlite"
         if not session.exists():
             continue
-        c = summarize(session)
+        c = summarize(session, tree)
         print(f"| {name} | {c['killed'] + c['survived']} | {c['killed']} | {c['survived']} "
               f"| {100 * c['score']:.1f} % | {c['skipped']} | {c['incompetent']} "
               f"| {c['pending']} |")
