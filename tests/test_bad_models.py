@@ -92,15 +92,17 @@ def test_external_data_symlink_out_refused(tiny_model, tmp_path, monkeypatch):
         read_onnx(path)
 
 
-def test_external_data_fallback_scanner(tiny_model, tmp_path, monkeypatch):
-    """Without the onnx package the raw protobuf scan finds the same locations."""
+@pytest.mark.parametrize("location", ["../secret.bin", "../" + "d/" * 70 + "secret.bin"])
+def test_external_data_fallback_scanner(tiny_model, tmp_path, monkeypatch, location):
+    """Without the onnx package the raw protobuf scan finds the same locations (also one
+    longer than 127 bytes, whose length takes a two-byte varint)."""
     import builtins
 
     from unet_deploy import model_store
 
     folder = tmp_path / "m"
     folder.mkdir()
-    path = _with_external(tiny_model, folder, "../secret.bin")
+    path = _with_external(tiny_model, folder, location)
     real_import = builtins.__import__
 
     def no_onnx(name, *a, **k):
@@ -109,7 +111,7 @@ def test_external_data_fallback_scanner(tiny_model, tmp_path, monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_onnx)
-    assert model_store._external_locations(str(path)) == ["../secret.bin"]
+    assert model_store._external_locations(str(path)) == [location]
     with pytest.raises(ModelError, match="points outside"):
         check_external_data(path)
     assert model_store._external_locations(str(tiny_model)) == []
