@@ -48,7 +48,8 @@ def test_missing_empty_truncated_random(tiny_model, tmp_path):
         cli_refuses(trunc, tmp_path, "trunc")
     rnd = tmp_path / "random.onnx"
     rnd.write_bytes(np.random.default_rng(0).bytes(5000))
-    cli_refuses(rnd, tmp_path, "not a loadable ONNX model")
+    msg = cli_refuses(rnd, tmp_path, "not a loadable ONNX model")
+    assert "Protobuf parsing failed" in msg  # ONNX Runtime's own reason, on the one line
 
 
 def _with_external(tiny_model: Path, folder: Path, location: str, name="ext.onnx") -> Path:
@@ -147,6 +148,38 @@ def test_fallback_scanner_refuses_entries_it_cannot_read(tiny_model, tmp_path, m
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     assert model_store._external_locations(str(path)) == [""]
     with pytest.raises(ModelError, match="unreadable location; refused for safety"):
+        check_external_data(path)
+
+
+def test_absolute_location_refused_even_inside_the_folder(tiny_model, tmp_path):
+    """README: absolute paths are refused (not only those that lead out of the folder)."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(bytes(4096))
+    path = _with_external(tiny_model, folder, str(folder / "w.bin"))
+    with pytest.raises(ModelError, match="points outside"):
+        check_external_data(path)
+
+
+@pytest.mark.parametrize("tail", [b"", b"\xff" * 40], ids=["truncated", "runaway-varint"])
+def test_fallback_scanner_refuses_broken_entries(tmp_path, monkeypatch, tail):
+    """A "location" key whose length is missing (file ends there) or never terminates: the
+    byte scan stops and refuses, it does not crash or read past the data."""
+    import builtins
+
+    from unet_deploy import model_store
+
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x08\x07" + b"\x0a\x08location\x12" + tail)
+    real_import = builtins.__import__
+
+    def no_onnx(name, *a, **k):
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    with pytest.raises(ModelError, match="unreadable location|is missing"):
         check_external_data(path)
 
 
