@@ -38,9 +38,9 @@ def cli_refuses(model: Path, tmp_path: Path, text: str, code: int = 4) -> str:
 
 def test_missing_empty_truncated_random(tiny_model, tmp_path):
     cli_refuses(tmp_path / "nope.onnx", tmp_path, "no such model file")
-    empty = tmp_path / "empty.onnx"
+    empty = tmp_path / "zero.onnx"
     empty.write_bytes(b"")
-    cli_refuses(empty, tmp_path, "empty")
+    cli_refuses(empty, tmp_path, "model file is empty")
     raw = tiny_model.read_bytes()
     for cut in (10, len(raw) // 2, len(raw) - 5):
         trunc = tmp_path / f"trunc{cut}.onnx"
