@@ -98,11 +98,12 @@ def test_tiff_outputs_equal_the_single_process_run(tmp_path, image, tiny3_model,
 
 
 def test_stack_batches_and_model_loaded_once_per_worker(tmp_path, tiny_model, cluster):
-    """A 2-plane stack, batch size 3 (batches cut as in the single-process run), 2 classes;
-    many blocks but one model load per worker process."""
+    """A 2-plane stack, batch size 3 (batches cut as in the single-process run), 2 classes,
+    backend "auto" (the probe's choice is pinned); many blocks but one model load per worker
+    process (this is the first use of this model on the cluster)."""
     image = tmp_path / "stack.tif"
     tifffile.imwrite(image, _blobs((2, 230, 170), 1), metadata={"axes": "ZYX"})
-    kw = dict(KW, batch_size=3)
+    kw = dict(KW, batch_size=3, backend="auto")
     segment_file(image, tmp_path / "ref.tif", tiny_model, output="labels", **kw)
     before = cluster.client.run(loads)
     s = segment_distributed(image, tmp_path / "dist.tif", tiny_model, cluster=cluster,

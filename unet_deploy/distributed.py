@@ -226,6 +226,9 @@ def worker_backend(spec: ModelSpec):
             be = open_backend(spec.path, spec.backend, threads=spec.threads).activate()
             entry = (with_tta(be, spec.tta), None if be.thread_safe else threading.Lock(), be)
             _cache[key] = entry
+            # the blocks ask for the backend by the name "auto" chose: the same one
+            chosen = getattr(be, "choice", (spec.backend, ""))[0]
+            _cache.setdefault((spec.path, spec.sha256, chosen, spec.threads, spec.tta), entry)
             _loads += 1
     return entry[0], entry[1]
 
