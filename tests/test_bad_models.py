@@ -223,7 +223,8 @@ def _meta(**kw) -> str:
 @pytest.mark.parametrize("name,shape,elem,meta,text", [
     ("rank3.onnx", ["b", 1, 92], None, _meta(), "(batch, channels, height, width)"),
     ("double.onnx", ["b", 1, "h", "w"], 11, _meta(), "float32"),
-    ("channels.onnx", ["b", 1, "h", "w"], None, _meta(in_channels=3), "channels"),
+    ("channels.onnx", ["b", 1, "h", "w"], None, _meta(in_channels=3),
+     "input has 1 channels but metadata says 3"),
     ("badtile.onnx", ["b", 1, "h", "w"], None, _meta(tile=93), "not a legal input size"),
     ("nometa.onnx", ["b", 1, "h", "w"], None, None, "metadata"),
     ("badmeta.onnx", ["b", 1, "h", "w"], None, "{not json", "metadata"),
