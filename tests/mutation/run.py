@@ -162,7 +162,7 @@ def retest_survivors(name: str, module: dict, work: Path, tree: Path) -> None:
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     env = environment(work, tree)
-    config = work / "sessions" / f"{name}.toml"
+    config = write_config(name, module, tree, work / "sessions")  # the current test selection
     session = work / "sessions" / f"{name}.sqlite"
     if sh(["cosmic-ray", "baseline", config], env=env, cwd=tree, check=False).returncode:
         raise SystemExit(f"{name}: the unmutated tests fail in the snapshot with HEAD's tests")
