@@ -37,6 +37,9 @@ def test_no_merge_through_a_membrane_gap():
     assert len(np.unique(ws[ws > 0])) == 2
     assert ws[30, 20] != ws[30, 80] and ws[30, 20] > 0 and ws[30, 80] > 0
     assert (ws[probs[..., 0] >= 0.5] == 0).all()  # membrane stays background
+    # seeds from the distance transform alone (h = 0): the eroded cell mask separates them too
+    dt = watershed_instances(probs, 0.5, h=0.0, min_distance=2.0)
+    assert len(np.unique(dt[dt > 0])) == 2 and dt[30, 20] != dt[30, 80]
 
 
 def test_min_distance_and_min_size():

@@ -3,10 +3,11 @@
 cells, because each cell grows from its own seed and two floods meet on the membrane ridge.
 
 1. The membrane probability ``m = P(class 0)`` is smoothed (Gaussian, sigma 1 px).
-2. Seeds: the h-minima of ``m`` -- regional minima deeper than ``watershed_h`` (probability
-   units), found by morphological reconstruction -- that lie at least
-   ``watershed_min_distance`` px inside the cell mask ``m < foreground_threshold`` (distance
-   transform; 0 = no such condition). Each seed is one 8-connected component.
+2. Seeds: pixels of the cell mask ``m < foreground_threshold`` that lie at least
+   ``watershed_min_distance`` px inside it (distance transform: the mask eroded, so a one-pixel
+   gap in a membrane no longer joins two cells' seeds) and, when ``watershed_h`` > 0, are
+   h-minima of ``m`` (regional minima deeper than h, probability units, by morphological
+   reconstruction). 0 switches a condition off. Each seed is one 8-connected component.
 3. ``scipy.ndimage.watershed_ift`` floods ``m`` (as uint16) from the seeds over the plane.
 4. Pixels with ``m >= foreground_threshold`` (membrane) become background 0; objects smaller
    than ``min_object_size`` px are dropped; ids are renumbered 1..N.
@@ -51,8 +52,10 @@ def watershed_instances(probs: np.ndarray, foreground_threshold: float | None = 
     membrane = ndimage.gaussian_filter(np.asarray(probs, np.float32)[..., 0], SMOOTH_SIGMA)
     thr = 0.5 if foreground_threshold is None else float(foreground_threshold)
     cells = membrane < thr
-    levels = np.round(np.clip(membrane, 0, 1) * _H_LEVELS).astype(np.int32)
-    seeds = h_minima(levels, int(round(float(h) * _H_LEVELS))) & cells
+    seeds = cells.copy()
+    if h > 0:
+        levels = np.round(np.clip(membrane, 0, 1) * _H_LEVELS).astype(np.int32)
+        seeds &= h_minima(levels, int(round(float(h) * _H_LEVELS)))
     if min_distance > 0:
         seeds &= ndimage.distance_transform_edt(cells) >= float(min_distance)
     markers, n = ndimage.label(seeds, structure=np.ones((3, 3)))
