@@ -10,7 +10,8 @@ Input: a synthetic uint16 SIZE x SIZE image with blob structure. Outputs: "bigti
 uncompressed TIFF (memory-mapped) and writes labels to a tiled BigTIFF (``TiffBandWriter``,
 zlib or zstd) -- what ``segment_file`` wrote when issue 14 measured 54 Mpx/s; "ometiff" is
 ``segment_file``'s default writer today, a pyramidal OME-TIFF for outputs over 2048 px (2x2
-mode levels down to 1024 px, one third more pixels to compress); "memory" is
+mode levels down to 1024 px, one third more pixels to compress); "zarr" is ``segment_file``
+into an OME-Zarr (``*.ome.zarr``, its multiscale writer); "memory" is
 ``segment_array`` on the array. The null backend returns either class maps
 (``computes_labels``: what a GPU backend now returns for labels, 1 byte per pixel) or
 probabilities (float32 per class, argmaxed on the host, as before). Tile 572 (the paper's),
@@ -139,7 +140,8 @@ def child(args) -> dict:
     else:
         from unet_deploy import pipeline
 
-        out = Path(args.workdir) / f"out-{os.getpid()}.tif"
+        out = Path(args.workdir) / (f"out-{os.getpid()}" +
+                                    (".ome.zarr" if args.mode == "zarr" else ".tif"))
         if not new:
             import unet_deploy.backends as B
 
@@ -288,7 +290,7 @@ def breakdown(args) -> dict:
 
 # --------------------------------------------------------------------------- the parent
 
-MODES = ("bigtiff", "ometiff", "memory")
+MODES = ("bigtiff", "ometiff", "zarr", "memory")
 
 
 def configs(threads: list[int], baseline: bool, modes=MODES,
@@ -297,10 +299,10 @@ def configs(threads: list[int], baseline: bool, modes=MODES,
     for t in threads:
         for mode in modes:
             comp = "" if mode == "memory" else "zlib"
-            for form in forms if mode != "ometiff" else ("labels",):
+            for form in forms if mode in ("bigtiff", "memory") else ("labels",):
                 out.append(dict(variant="new", mode=mode, compression=comp, form=form,
                                 threads=t))
-            if baseline and mode != "ometiff":  # the old segment_file wrote a plain BigTIFF
+            if baseline and mode in ("bigtiff", "memory"):  # old segment_file: plain BigTIFF
                 out.append(dict(variant="baseline", mode=mode, compression=comp,
                                 form="probabilities", threads=t))
         if zstd and "bigtiff" in modes:
@@ -325,7 +327,7 @@ def run_child(cfg: dict, args, root: Path, workdir: Path, input_path: Path,
 
 def where(mode: str, compression: str) -> str:
     return {"bigtiff": f"BigTIFF {compression}", "ometiff": f"OME-TIFF pyramid {compression}",
-            "memory": "in memory"}[mode]
+            "zarr": "OME-Zarr", "memory": "in memory"}[mode]
 
 
 def label(cfg: dict) -> str:
@@ -367,15 +369,23 @@ def measure(args, threads: list[int], baseline: Path | None = None,
     return rows
 
 
+def checkout_commit(root: Path) -> str:
+    r = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
 def report(rows: list[dict], args, baseline: Path | None) -> str:
     import onnxruntime
 
     cores = all_cores()
     lines = [
         "# Host-only throughput (zero-cost backend)", "",
-        f"`python benchmarks/host.py{' --baseline ' + str(baseline) if baseline else ''}`, "
+        f"`python benchmarks/host.py{' --baseline ' + str(baseline) if baseline else ''}`"
+        f"{' (baseline = commit ' + checkout_commit(baseline) + ')' if baseline else ''}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
-        f"{cores} cores available, Python "
+        f"{cores} cores available, niceness {os.nice(0)} (below 0: run with priority over "
+        f"the other jobs on these shared cores), Python "
         f"{platform.python_version()}, onnxruntime {onnxruntime.__version__} (not used: the null "
         f"backend does no inference). Other jobs shared the cores; each figure is the median "
         f"of {args.rounds} fresh processes x {args.repeats} timed calls, run interleaved.", "",
@@ -428,6 +438,10 @@ def report(rows: list[dict], args, baseline: Path | None) -> str:
         z = by.get(("new", "bigtiff", "zstd", "labels", t))
         zl = by.get(("new", "bigtiff", "zlib", "labels", t))
         ome = by.get(("new", "ometiff", "zlib", "labels", t))
+        zarr = by.get(("new", "zarr", "zlib", "labels", t))
+        if zarr and zl:
+            ratios.append(f"| {t} threads: OME-Zarr vs plain BigTIFF (time ratio) | "
+                          f"{zarr['median_s'] / zl['median_s']:.2f} |")
         if z and zl:
             ratios.append(f"| BigTIFF, {t} threads: zstd vs zlib | "
                           f"{zl['median_s'] / z['median_s']:.2f}x |")
