@@ -50,6 +50,11 @@ def test_missing_empty_truncated_random(tiny_model, tmp_path):
     rnd.write_bytes(np.random.default_rng(0).bytes(5000))
     msg = cli_refuses(rnd, tmp_path, "not a loadable ONNX model")
     assert "Protobuf parsing failed" in msg  # ONNX Runtime's own reason, on the one line
+    # random bytes that happen to contain "location": the exact external-data parse fails
+    # too, and ONNX Runtime still gives the one-line reason (no raw protobuf error)
+    loc = tmp_path / "random_location.onnx"
+    loc.write_bytes(np.random.default_rng(1).bytes(3000) + b"location" + bytes(100))
+    cli_refuses(loc, tmp_path, "not a loadable ONNX model")
 
 
 def _with_external(tiny_model: Path, folder: Path, location: str, name="ext.onnx") -> Path:
@@ -234,6 +239,22 @@ def test_unusable_geometry_fails_at_load(tmp_path, name, shape, elem, meta, text
     with pytest.raises(ModelError, match=re.escape(text)):
         read_onnx(path)
     cli_refuses(path, tmp_path, text)
+
+
+def test_two_input_model_fails_at_load(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, "h", "w"])
+    x2 = helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["b", 1, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, "h", "w"])
+    g = helper.make_graph([helper.make_node("Add", ["x", "x2"], ["y"])], "g", [x, x2], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    helper.set_model_props(m, {METADATA_KEY: _meta()})
+    path = tmp_path / "two_inputs.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelError, match="expected 1 input and >= 1 output, found 2 and 1"):
+        read_onnx(path)
 
 
 def test_segmenter_refuses_bad_model_at_construction(tmp_path):
