@@ -754,8 +754,10 @@ class TiffBandWriter:
         self.resolution = dict(resolution or {})
         self.tile = int(tile)
         if compression not in COMPRESSIONS:
-            raise ValueError(f"compression {compression!r} is not supported; use one of "
-                             f"{', '.join(str(c) for c in COMPRESSIONS)}")
+            from .errors import OptionError
+
+            raise OptionError(f"{self.path}: compression {compression!r} is not supported; use "
+                              f"'zlib' (default, every TIFF reader), 'zstd' or none")
         self.compression = compression
         from .workers import host_threads
 
