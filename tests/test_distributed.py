@@ -155,7 +155,8 @@ def test_zarr_output_is_written_by_the_workers(tmp_path, tiny3_model, cluster, m
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
-def test_zarr_input_and_instances_into_zarr(tmp_path, tiny3_model, cluster):
+def test_zarr_input_and_instances_into_zarr(tmp_path, tiny3_model):
+    """Also the plain ``workers=N`` entry (its own LocalCluster, started and closed here)."""
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_multiscale
 
@@ -164,8 +165,9 @@ def test_zarr_input_and_instances_into_zarr(tmp_path, tiny3_model, cluster):
     write_multiscale([_blobs((300, 210), 3)], group, fmt=FormatV04(),
                      axes=[{"name": "y", "type": "space"}, {"name": "x", "type": "space"}])
     segment_file(src, tmp_path / "ref.ome.zarr", tiny3_model, output="instances", **KW)
-    segment_distributed(src, tmp_path / "dist.ome.zarr", tiny3_model, cluster=cluster,
-                        output="instances", block_rows=BLOCK, **KW)
+    s = segment_distributed(src, tmp_path / "dist.ome.zarr", tiny3_model, workers=1,
+                            output="instances", block_rows=BLOCK, **KW)
+    assert "1 worker x 1 thread" in str(s)
     _zarr_equal(tmp_path / "ref.ome.zarr", tmp_path / "dist.ome.zarr")
 
 
