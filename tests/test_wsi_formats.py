@@ -338,3 +338,24 @@ def test_ome_tiff_disk_full_leaves_nothing(tmp_path, tiny3_model, monkeypatch):
     with pytest.raises(OutputError, match="disk full"):
         segment_file(inp, out, tiny3_model, output="probabilities", progress=False)
     assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_axes_a_format_cannot_hold(tmp_path, tiny3_model):
+    # an ImageJ hyperstack with a channel axis: class planes cannot join it as OME-TIFF C, nor
+    # can NGFF order z before c -- refused before any inference, naming a format that works;
+    # the default pyramid of a big TIFF falls back to one plain level instead
+    hyper = np.random.default_rng(7).integers(0, 255, (2, 2, 24, 30), np.uint8)
+    inp = tmp_path / "hyper.tif"
+    tifffile.imwrite(inp, hyper, imagej=True, metadata={"axes": "ZCYX"})
+    for out in ("p.ome.tif", "p.ome.zarr"):
+        with pytest.raises(OutputError, match=r"\.tif output"):
+            segment_file(inp, tmp_path / out, tiny3_model, output="probabilities",
+                         progress=False)
+    segment_file(inp, tmp_path / "p.tif", tiny3_model, output="probabilities", progress=False)
+    assert tifffile.imread(tmp_path / "p.tif").shape == (2, 2, 24, 30, 3)
+    wide = tmp_path / "wide.tif"
+    tifffile.imwrite(wide, np.zeros((2, 2, 8, 2100), np.uint8), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    segment_file(wide, tmp_path / "w.tif", tiny3_model, output="probabilities", progress=False)
+    with tifffile.TiffFile(tmp_path / "w.tif") as t:
+        assert not t.is_ome and t.series[0].shape == (2, 2, 8, 2100, 3)

@@ -43,13 +43,13 @@ def ome_axes(lead_axes: str, class_planes: bool) -> str:
     for a in lead_axes.upper():
         a = a if a in "TZC" else "Z"
         if a in out:
-            raise OutputError(f"lead axes {lead_axes!r} cannot be written as OME-TIFF "
-                              f"dimensions; write a plain .tif output or a Zarr")
+            raise OutputError(f"the input's axes {lead_axes!r} + YX cannot be written as "
+                              f"OME-TIFF dimensions; write a plain .tif output")
         out += a
     if class_planes:
         if "C" in out:
             raise OutputError("probabilities of an image with a channel axis cannot be written "
-                              "as OME-TIFF class planes; write a Zarr output")
+                              "as OME-TIFF class planes; write a plain .tif output")
         out += "C"
     return out + "YX"
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import OutputError
+from .ome_tiff import OME_SUFFIXES, ome_axes
 from .physical import UNKNOWN
 
 
@@ -45,6 +47,12 @@ def open_writer(path: str | os.PathLike, src, samples: int, dtype, *, output: st
         from .zarr_io import ZarrWriter
 
         return ZarrWriter(path, src.lead_shape, src.height, src.width, samples, dtype, **common)
+    if layout == "ome-tiff" and not Path(path).name.lower().endswith(OME_SUFFIXES):
+        try:  # the default pyramid for big TIFFs: fall back to one level where OME cannot
+            n = len(src.lead_shape)
+            ome_axes((lead_axes or "Z" * n)[-n:] if n else "", samples > 1)
+        except OutputError:
+            layout = "tiff"
     if layout == "ome-tiff":
         from .ome_tiff import OmeTiffWriter
 

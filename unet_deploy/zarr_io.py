@@ -259,8 +259,9 @@ def ngff_axes(lead_axes: str, samples: int, physical: PhysicalSize) -> list[dict
     for a in lead_axes.lower():
         name = a if a in _LEAD_AXES else ("z" if "z" not in lead_axes.lower() else None)
         if name is None or any(o["name"] == name for o in out):
-            raise OutputError(f"lead axes {lead_axes!r} cannot be written as NGFF (at most one "
-                              f"t and one z axis); write a TIFF output instead")
+            raise OutputError(f"the input's axes {lead_axes!r} + YX cannot be written as NGFF "
+                              f"axes (one t, then one c, then z; classes take the c axis); write "
+                              f"a .tif output instead")
         ax = {"name": name, "type": "time" if name == "t" else "space"}
         if name == "z" and physical.z is not None:
             ax["unit"] = "micrometer"
