@@ -98,10 +98,10 @@ def test_external_data_symlink_out_refused(tiny_model, tmp_path, monkeypatch):
         read_onnx(path)
 
 
-@pytest.mark.parametrize("location", ["../secret.bin", "../" + "d/" * 70 + "secret.bin"])
+@pytest.mark.parametrize("location", ["../secret.bin", "../" + "d/" * 70 + "secrets.bin"])
 def test_external_data_fallback_scanner(tiny_model, tmp_path, monkeypatch, location):
     """Without the onnx package the raw protobuf scan finds the same locations (also one
-    longer than 127 bytes, whose length takes a two-byte varint)."""
+    of 154 bytes: its length takes a two-byte varint, and is even)."""
     import builtins
 
     from unet_deploy import model_store
