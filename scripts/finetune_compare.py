@@ -103,7 +103,14 @@ def main() -> None:
     lines += ["", "Notes: `nuclei` was itself trained on the whole training split (including these "
               "n images), so that arm measures that fine-tuning keeps (or loses) what the model "
               "knows; `em-membranes` (2 classes, EM) is a cross-domain start whose 1x1 head is "
-              "re-initialised (3 classes needed)."]
+              "re-initialised (3 classes needed).",
+              "",
+              "Post-processing is each model's metadata: the `nuclei` arm keeps the nuclei "
+              "model's tuned settings, the others use the defaults (argmax foreground, seed "
+              "threshold 0.5, 10 px), so only the `nuclei` arm's instances are tuned. The number "
+              "of steps a budget buys depends on the machine's load (see the table); with a "
+              "budget this short the comparison shows where each start *begins*, not where "
+              "it converges."]
     text = "\n".join(lines) + "\n"
     print(text)
     (ROOT / "benchmarks" / "results" / "finetune_compare.md").write_text(text)

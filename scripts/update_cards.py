@@ -68,9 +68,18 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("--shipped", required=True, choices=list(PASSES))
     ap.add_argument("--extra", default="", help="markdown appended to the section (a file)")
+    ap.add_argument("--verified", default="", help="score_pairs JSON of the shipped model "
+                    "through the deployment path (preferred for the main table)")
     args = ap.parse_args()
     folder = ROOT / "runs" / "tta" / args.name
     tuning = json.loads((folder / "tuning.json").read_text())
+    ext = folder / "tuning_ext.json"
+    if ext.exists():  # the finer grid's choice wins a mode when it is better on TRAINING images
+        finer = json.loads(ext.read_text())
+        for mode, r in finer["modes"].items():
+            if r["train"]["f1@0.5"] > tuning["modes"][mode]["train"]["f1@0.5"]:
+                tuning["modes"][mode] = r
+                tuning["per_method"][mode] = finer["per_method"][mode]
     extra = Path(args.extra).read_text() if args.extra else ""
     card_md = ROOT / "models" / f"{args.name}.md"
     text = card_md.read_text()
@@ -82,6 +91,8 @@ def main() -> None:
         text = text.replace("\n## Reproduce", "\n" + block + "\n\n## Reproduce", 1)
     # the main validation table shows the shipped configuration
     v = tuning["modes"][args.shipped]["val"]
+    if args.verified:  # the shipped model itself, segment_array(..., output="instances")
+        v = json.loads(Path(args.verified).read_text())
     keys = {"instance_f1@0.5": "f1@0.5", "instance_f1@0.75": "f1@0.75",
             "instance_f1@0.9": "f1@0.9", "foreground_iou": "fg_iou",
             "rand_error": "rand_error", "pixel_error": "pixel_error"}
