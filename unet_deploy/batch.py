@@ -118,9 +118,9 @@ def segment_files(inputs: Iterable[str | Path], model=None, *, output_path=None,
     from .backends import open_backend
     from .fit import fit_warnings
     from .io import check_output, open_image
-    from .pipeline import default_tile, segment_file
+    from .pipeline import segment_file
     from .readers import ChannelReader
-    from .tiling import plan_tiles
+    from .tiling import plan_for
 
     paths = expand_inputs(inputs)
     if output is not None and output not in OUTPUT_KINDS:
@@ -139,7 +139,7 @@ def segment_files(inputs: Iterable[str | Path], model=None, *, output_path=None,
         for src_path in paths:  # metadata only, plus a few sample bands for the fit check
             with open_image(src_path, series=series, max_pixels=max_pixels,
                             nan_policy=nan_policy, level=level) as src:
-                plan = plan_tiles(src.height, src.width, info.geometry, default_tile(info, tile))
+                plan = plan_for(src.height, src.width, info, tile, batch_size, be)
                 total += plan.n_tiles * src.n_planes
                 reader = src.plane(0)
                 if channels is not None:
