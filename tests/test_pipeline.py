@@ -67,3 +67,22 @@ def test_instances_output(tiny3_model, real_crop):
 def test_default_output_path(tmp_path):
     assert default_output_path(tmp_path / "a.ome.tif", "labels").name == "a.labels.tif"
     assert default_output_path(tmp_path / "b.tiff", "probabilities").name == "b.probabilities.tif"
+
+
+@pytest.mark.parametrize("rows,batch", [((0, 1), 2), ((1, 3), 3), ((2, 4), 1)])
+def test_segment_plane_over_a_block_of_tile_rows_gives_the_planes_bands(tiny_model, real_crop,
+                                                                         rows, batch):
+    from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
+    from unet_deploy.normalize import preprocess_for
+    from unet_deploy.pipeline import segment_plane
+
+    image = real_crop[:200, :150]
+    with OnnxRuntimeBackend(tiny_model) as be:
+        reader = ArrayReader(image)
+        plan = plan_tiles(200, 150, be.info.geometry, 92)
+        prep = preprocess_for(reader, be.info)
+        whole = list(segment_plane(reader, plan, be, prep, batch, "probabilities"))
+        block = list(segment_plane(reader, plan, be, prep, batch, "probabilities", rows=rows))
+    assert plan.rows >= 4 and len(block) == rows[1] - rows[0]
+    for got, want in zip(block, whole[rows[0] : rows[1]]):
+        np.testing.assert_array_equal(got, want)

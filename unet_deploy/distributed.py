@@ -53,7 +53,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import Cancelled, ClusterError, MissingExtraError, ModelError, OutputError
-from .pipeline import Summary, default_output_path, output_format
+from .pipeline import Summary, default_output_path, output_format, segment_plane
 from .tiling import TilePlan
 
 TARGET_BLOCK_ROWS = 2048  # output rows a block aims at (halo share ~ (tile - step) / 2048)
@@ -257,42 +257,37 @@ def probe(spec: ModelSpec) -> Probe:
     return Probe(run.info, name, reason, max_tile_of(be))
 
 
+class _Serialized:
+    """The worker's backend behind its lock, for backends that are not thread-safe."""
+
+    def __init__(self, backend, lock):
+        self.backend, self.lock, self.info = backend, lock, backend.info
+        self.computes_labels = getattr(backend, "computes_labels", False)
+
+    def infer(self, *args, **kwargs):
+        with self.lock:
+            return self.backend.infer(*args, **kwargs)
+
+
+class _StopFlag:
+    """``stop()`` as the ``cancel`` event ``segment_plane`` checks between batches."""
+
+    def __init__(self, stop: Callable[[], bool]):
+        self.is_set = stop
+
+
 def block_bands(reader, plan: TilePlan, backend, prep, rows: tuple[int, int],
                 batch_size: int = 1, output: str = "labels", threads: int = 1,
                 lock=None, stop: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
-    """The row bands of tile rows [r0, r1) of ``plan``: exactly the bands
-    ``pipeline.segment_plane`` yields for those rows (same tiles, same ``prep``; batches cut at
-    the same multiples of ``batch_size`` except at the block's own edges). ``output``:
-    "labels" | "probabilities". ``stop()`` is asked between batches (raises ``Cancelled``)."""
-    from .merger import BandMerger
-    from .tiling import RowSource, gather_batch
-    from .workers import Workers
-
-    info = backend.info
-    r0, r1 = rows
-    start, stop_id = r0 * plan.cols, r1 * plan.cols
-    edges = sorted({start, stop_id} | set(range(-(-start // batch_size) * batch_size, stop_id,
-                                                  batch_size)))
-    source = RowSource(reader, plan)
-    merger = BandMerger(plan, info.out_channels, output)
-    merger.next_row = r0  # bands are handed on from this block's first tile row
-    buffer = np.empty((batch_size, info.in_channels, plan.tile_h, plan.tile_w), np.float32)
-    labels = output == "labels" and getattr(backend, "computes_labels", False)
-    with Workers(threads) as workers:
-        for a, b in zip(edges, edges[1:]):
-            if stop is not None and stop():
-                raise Cancelled("block cancelled")
-            ids = np.arange(a, b, dtype=np.int64)
-            tiles = gather_batch(source, plan, ids, prep, buffer, workers)
-            if lock is not None:
-                with lock:
-                    out = backend.infer(tiles, labels=True) if labels else backend.infer(tiles)
-            else:
-                out = backend.infer(tiles, labels=True) if labels else backend.infer(tiles)
-            merger.add(out, ids, workers)
-            yield from merger.pop_complete()
-    if merger.next_row != r1:
-        raise RuntimeError(f"block finished {merger.next_row - r0} of {r1 - r0} tile rows")
+    """The row bands of tile rows [r0, r1) of ``plan``: ``pipeline.segment_plane`` over those
+    rows (same tiles, same ``prep``, same batch cuts), so they are exactly the single-process
+    bands. ``output``: "labels" | "probabilities". ``stop()`` is asked between batches
+    (raises ``Cancelled``)."""
+    if lock is not None:
+        backend = _Serialized(backend, lock)
+    cancel = _StopFlag(stop) if stop is not None else None
+    yield from segment_plane(reader, plan, backend, prep, batch_size, output, cancel=cancel,
+                             threads=threads, rows=rows)
 
 
 def _open_input(spec: InputSpec):

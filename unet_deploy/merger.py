@@ -17,7 +17,8 @@ from .workers import Workers, split
 
 
 class BandMerger:
-    def __init__(self, plan: TilePlan, n_classes: int, output: str = "labels"):
+    def __init__(self, plan: TilePlan, n_classes: int, output: str = "labels",
+                 first_row: int = 0):
         from .kernels import stitch_classes, stitch_labels, stitch_probabilities
 
         self.plan = plan
@@ -28,7 +29,7 @@ class BandMerger:
         self.label_dtype = np.uint8 if n_classes <= 256 else np.uint16
         self.bands: dict[int, np.ndarray] = {}
         self.filled: dict[int, int] = {}
-        self.next_row = 0
+        self.next_row = first_row  # bands are handed on from this tile row
 
     def _band(self, row: int) -> np.ndarray:
         if row not in self.bands:
@@ -77,6 +78,7 @@ class BandMerger:
             yield self.bands.pop(self.next_row)
             self.next_row += 1
 
-    def finalize(self) -> None:
-        if self.next_row != self.plan.rows:
-            raise RuntimeError(f"merger finished {self.next_row} of {self.plan.rows} tile rows")
+    def finalize(self, last_row: int | None = None) -> None:
+        last = self.plan.rows if last_row is None else last_row
+        if self.next_row != last:
+            raise RuntimeError(f"merger finished at tile row {self.next_row}, not {last}")

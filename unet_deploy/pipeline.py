@@ -72,7 +72,8 @@ class Summary:
 def segment_plane(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
                   batch_size: int = 1, output: str = "labels",
                   on_tiles: Callable[[int], None] | None = None, cancel=None,
-                  times: StageTimes | None = None, *, threads: int = 1) -> Iterator[np.ndarray]:
+                  times: StageTimes | None = None, *, threads: int = 1,
+                  rows: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Yield the output of one plane as row bands, top to bottom.
 
     A background thread gathers batch k+1 into the spare buffer while the backend runs batch k;
@@ -81,12 +82,17 @@ def segment_plane(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
     the same for any number). A backend that ``computes_labels`` returns class maps for
     ``output="labels"`` (1 byte per pixel), which the merger pastes instead of argmaxing.
     ``cancel``: a ``threading.Event`` checked between batches; once set, ``Cancelled`` is raised.
-    ``times``: a ``StageTimes`` to accumulate per-stage seconds into."""
+    ``times``: a ``StageTimes`` to accumulate per-stage seconds into.
+    ``rows``: only tile rows [r0, r1) of the plan (a block of a distributed run): the same tiles,
+    batches cut at the same multiples of ``batch_size``, so the bands are the whole plane's."""
     info = backend.info
+    r0, r1 = rows or (0, plan.rows)
     source = RowSource(reader, plan)
-    merger = BandMerger(plan, info.out_channels, output)
-    ids = np.arange(plan.n_tiles, dtype=np.int64)
-    batches = [ids[i : i + batch_size] for i in range(0, plan.n_tiles, batch_size)]
+    merger = BandMerger(plan, info.out_channels, output, first_row=r0)
+    start, stop = r0 * plan.cols, min(r1 * plan.cols, plan.n_tiles)
+    edges = sorted({start, stop} | set(range(-(-start // batch_size) * batch_size, stop,
+                                              batch_size)))
+    batches = [np.arange(a, b, dtype=np.int64) for a, b in zip(edges, edges[1:])]
     shape = (batch_size, info.in_channels, plan.tile_h, plan.tile_w)
     buffers = [np.empty(shape, np.float32), np.empty(shape, np.float32)]
     labels = output == "labels" and getattr(backend, "computes_labels", False)
@@ -111,7 +117,7 @@ def segment_plane(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
             if on_tiles:
                 on_tiles(len(batch))
             yield from merger.pop_complete()
-    merger.finalize()
+    merger.finalize(r1)
 
 
 def default_tile(info: ModelInfo, tile: int | None) -> int:
