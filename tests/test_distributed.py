@@ -133,7 +133,8 @@ def _zarr_equal(a: Path, b: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("output,shape", [("labels", (2, 1101, 150)),
-                                          ("probabilities", (1100, 140))])
+                                          ("probabilities", (1100, 140)),
+                                          ("probabilities", (2, 1100, 40))])
 def test_zarr_output_is_written_by_the_workers(tmp_path, tiny3_model, cluster, monkeypatch,
                                                output, shape):
     """Level 0 in chunk-aligned regions by the workers, the pyramid by region tasks: every

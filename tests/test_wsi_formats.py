@@ -359,3 +359,17 @@ def test_axes_a_format_cannot_hold(tmp_path, tiny3_model):
     segment_file(wide, tmp_path / "w.tif", tiny3_model, output="probabilities", progress=False)
     with tifffile.TiffFile(tmp_path / "w.tif") as t:
         assert not t.is_ome and t.series[0].shape == (2, 2, 8, 2100, 3)
+
+
+def test_zarr_probabilities_of_a_stack_put_classes_before_space(tmp_path, tiny3_model):
+    """NGFF orders axes time, channel, space: a Z stack's class planes are (c, z, y, x)."""
+    stack = np.random.default_rng(3).integers(0, 4000, (2, 40, 30), np.uint16)
+    inp = tmp_path / "zstack.tif"
+    tifffile.imwrite(inp, stack, metadata={"axes": "ZYX"})
+    ref = tmp_path / "ref.tif"
+    segment_file(inp, ref, tiny3_model, output="probabilities", progress=False)
+    out = tmp_path / "zstack.ome.zarr"
+    segment_file(inp, out, tiny3_model, output="probabilities", progress=False)
+    ms = json.loads((out / ".zattrs").read_text())["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
+    np.testing.assert_array_equal(np.moveaxis(_read_zarr(out), 0, -1), tifffile.imread(ref))

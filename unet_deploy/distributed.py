@@ -55,6 +55,7 @@ import numpy as np
 from .errors import Cancelled, ClusterError, MissingExtraError, ModelError, OutputError
 from .pipeline import Summary, default_output_path, output_format, segment_plane
 from .tiling import TilePlan
+from .zarr_io import region
 
 TARGET_BLOCK_ROWS = 2048  # output rows a block aims at (halo share ~ (tile - step) / 2048)
 MIN_BLOCKS_PER_THREAD = 3  # ... and at least this many blocks per worker thread, for balance
@@ -193,6 +194,7 @@ class Job:
     host_threads: int = 1
     zarr: str | None = None  # temporary output folder the workers write into (Zarr output)
     lead_shape: tuple[int, ...] = ()
+    class_at: int | None = None  # where the Zarr output's class axis stands (zarr_io.region)
 
 
 _cache: dict[tuple, tuple] = {}
@@ -339,19 +341,15 @@ def run_block(job: Job, prep, block: Block):
             return data
         if stop():
             raise Cancelled("block cancelled")
-        _write_region(zarr_dir, 0, job.lead_shape, block.plane, block.y0, data)
+        _write_region(zarr_dir, 0, job.lead_shape, block.plane, block.y0, data, job.class_at)
         return None
     finally:
         if busy is not None:
             busy.unlink(missing_ok=True)
 
 
-def _zarr_index(lead_shape: tuple[int, ...], plane: int) -> tuple:
-    return tuple(int(v) for v in np.unravel_index(plane, lead_shape)) if lead_shape else ()
-
-
 def _write_region(folder: Path, level: int, lead_shape, plane: int, y0: int,
-                  rows: np.ndarray) -> None:
+                  rows: np.ndarray, class_at: int | None = None) -> None:
     """Write (rows, W[, C]) at rows y0.. of level ``level`` of the ``zarr_io.ZarrWriter`` layout
     (one array per level named by its number; (lead..., [C,] y, x))."""
     import zarr
@@ -359,8 +357,7 @@ def _write_region(folder: Path, level: int, lead_shape, plane: int, y0: int,
     block = np.moveaxis(rows, -1, 0) if rows.ndim == 3 else rows
     try:
         arr = zarr.open_array(str(folder / str(level)), mode="r+")
-        arr[_zarr_index(lead_shape, plane) + (Ellipsis, slice(y0, y0 + rows.shape[0]),
-                                             slice(None))] = block
+        arr[region(lead_shape, plane, y0, y0 + rows.shape[0], class_at)] = block
     except OSError as exc:
         raise OutputError(f"{folder}: worker {_where()} cannot write rows {y0}.. of level "
                           f"{level} ({exc.strerror or _one_line(exc)}); free space or check "
@@ -368,17 +365,17 @@ def _write_region(folder: Path, level: int, lead_shape, plane: int, y0: int,
 
 
 def _read_region(folder: Path, level: int, lead_shape, plane: int, y0: int,
-                 y1: int) -> np.ndarray:
+                 y1: int, class_at: int | None = None) -> np.ndarray:
     import zarr
 
     arr = zarr.open_array(str(folder / str(level)), mode="r")
-    data = np.asarray(arr[_zarr_index(lead_shape, plane) + (Ellipsis, slice(y0, y1),
-                                                           slice(None))])
+    data = np.asarray(arr[region(lead_shape, plane, y0, y1, class_at)])
     return np.moveaxis(data, 0, -1) if data.ndim == 3 else data
 
 
 def reduce_region(folder: str, level: int, lead_shape: tuple[int, ...], plane: int,
-                  y0: int, y1: int, height: int, kind: str) -> None:
+                  y0: int, y1: int, height: int, kind: str,
+                  class_at: int | None = None) -> None:
     """Worker task: rows [y0, y1) of pyramid level ``level`` (of a plane ``height`` rows high
     at level 0) from level ``level - 1``, by the 2x2 reduction ``pyramid.Cascade`` applies
     (mode for labels, mean for probabilities; an odd last row is repeated)."""
@@ -388,11 +385,12 @@ def reduce_region(folder: str, level: int, lead_shape: tuple[int, ...], plane: i
     if (folder_p / ".cancel").exists():
         raise Cancelled("pyramid cancelled")
     below = level_shape(height, 1, level - 1)[0]
-    src = _read_region(folder_p, level - 1, lead_shape, plane, 2 * y0, min(2 * y1, below))
+    src = _read_region(folder_p, level - 1, lead_shape, plane, 2 * y0, min(2 * y1, below),
+                       class_at)
     if src.shape[0] % 2:
         src = np.concatenate([src, src[-1:]])
     reduce = reduce_mean if kind == "probabilities" else reduce_mode
-    _write_region(folder_p, level, lead_shape, plane, y0, reduce(src))
+    _write_region(folder_p, level, lead_shape, plane, y0, reduce(src), class_at)
 
 
 # --------------------------------------------------------------------------------------
@@ -611,7 +609,8 @@ class _Run:
                                 compression=None if o["compression"] == "none"
                                 else o["compression"], threads=0) as writer:
                 job = Job(spec, inp, plan, o["output"], o["batch_size"], 1,
-                          str(writer.tmp_path) if direct else None, tuple(src.lead_shape))
+                          str(writer.tmp_path) if direct else None, tuple(src.lead_shape),
+                          getattr(writer, "class_at", None))
 
                 def tick(done: int) -> None:
                     bar.update(1)
@@ -734,7 +733,8 @@ class _Run:
             rows = min(TARGET_BLOCK_ROWS, MAX_BLOCK_BYTES // max(1, 4 * w * px_bytes))
             step = max(1, rows // writer.chunk) * writer.chunk
             futs = [self.client.submit(reduce_region, job.zarr, level, job.lead_shape, p, y0,
-                                       min(h, y0 + step), src.height, job.output, pure=False)
+                                       min(h, y0 + step), src.height, job.output,
+                                       job.class_at, pure=False)
                     for p in range(src.n_planes) for y0 in range(0, h, step)]
             try:
                 for fut in futs:

@@ -252,6 +252,22 @@ class ZarrPlaneReader:
 # --------------------------------------------------------------------------------------
 
 
+def class_axis_at(lead_axes: str) -> int:
+    """Where the class axis stands among the lead axes: after time, before space (NGFF 0.4
+    orders axes time, channel, space)."""
+    return sum(1 for a in lead_axes.lower() if a == "t")
+
+
+def region(lead_shape: tuple[int, ...], plane: int, y0: int, y1: int,
+           class_at: int | None = None) -> tuple:
+    """Index of rows [y0, y1) of plane ``plane`` (row-major over ``lead_shape``) in an array laid
+    out as the lead axes with the class axis (whole) at ``class_at`` (None: no class axis)."""
+    idx = tuple(int(v) for v in np.unravel_index(plane, lead_shape)) if lead_shape else ()
+    if class_at is not None:
+        idx = idx[:class_at] + (slice(None),) + idx[class_at:]
+    return idx + (slice(y0, y1), slice(None))
+
+
 def ngff_axes(lead_axes: str, samples: int, physical: PhysicalSize) -> list[dict]:
     """NGFF axes for lead axes (letters from the input, e.g. "TZ" or "I") + class channel."""
     unit = {"unit": "micrometer"} if physical.known else {}
@@ -267,7 +283,7 @@ def ngff_axes(lead_axes: str, samples: int, physical: PhysicalSize) -> list[dict
             ax["unit"] = "micrometer"
         out.append(ax)
     if samples > 1:
-        out.append({"name": "c", "type": "channel"})
+        out.insert(class_axis_at(lead_axes), {"name": "c", "type": "channel"})
     out += [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
     return out
 
@@ -295,6 +311,7 @@ class ZarrWriter:
         self.lead_axes = (lead_axes or "Z" * len(self.lead_shape))[-len(self.lead_shape):] \
             if self.lead_shape else ""
         self.axes = ngff_axes(self.lead_axes, self.samples, physical)
+        self.class_at = class_axis_at(self.lead_axes) if self.samples > 1 else None
         self.n_planes = int(math.prod(self.lead_shape))
         self.levels = n_levels(self.height, self.width)
         self.total_rows = self.height * self.n_planes
@@ -336,7 +353,9 @@ class ZarrWriter:
 
         zarr = _zarr()
         self._group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-        lead = self.lead_shape + ((self.samples,) if self.samples > 1 else ())
+        lead = self.lead_shape
+        if self.class_at is not None:
+            lead = lead[: self.class_at] + (self.samples,) + lead[self.class_at :]
         for level in range(self.levels):
             h, w = level_shape(self.height, self.width, level)
             self._arrays.append(self._group.create_array(
@@ -418,9 +437,8 @@ class ZarrWriter:
         y0 = self._done_rows[level]
         block = self._buf[level][:n]
         block = block[..., 0] if self.samples == 1 else np.moveaxis(block, -1, 0)
-        index = tuple(int(v) for v in np.unravel_index(self._plane, self.lead_shape)) \
-            if self.lead_shape else ()
-        self._arrays[level][index + (Ellipsis, slice(y0, y0 + n), slice(None))] = block
+        self._arrays[level][region(self.lead_shape, self._plane, y0, y0 + n,
+                                   self.class_at)] = block
         self._done_rows[level] += n
         self._buf_rows[level] = 0
 
