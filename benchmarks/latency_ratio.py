@@ -178,10 +178,10 @@ def main(argv=None) -> int:
                      f"{r['old_plan']} | {r['old_mpx']:.3f} | {r['old'] / r['new']:.2f}x |")
     lines += ["", "Both latency columns run the same single network pass (one covering tile); the "
               "Segmenter adds normalization, the gather and the stitch/argmax. A ratio below 1 "
-              "is noise: the machine's load average was " + ", ".join(
+              "is noise. The machine's load average was " + ", ".join(
                   f"{r.get('load_avg', '?')} ({r['size']}²)" for r in lat + thr) +
-              " during the rows (2 cores), so absolute times are several times the quiet-machine "
-              "ones; compare within a row."]
+              " during the rows (2 cores; above 2, other jobs competed for them and absolute "
+              "times grow with it); compare within a row."]
     if any(r["repeats"] < 3 for r in thr):
         lines += ["", "Sizes with fewer than 3 runs each are single measurements (too long to "
                   "repeat on this shared 2-core machine); treat them as indicative."]
