@@ -160,7 +160,8 @@ def main(argv=None) -> int:
              f"Machine: {machine()}, shared with other engineers' jobs (load varies; every "
              f"column of a row was measured interleaved in the same run, medians).", "",
              f"## Segmenter per-frame latency vs one bare ONNX Runtime pass "
-             f"(batch_size {args.batch_size}, {args.frames} frames each, target ratio <= 1.3)",
+             f"(batch_size {args.batch_size}, "
+             f"{lat[0]['frames'] if lat else args.frames} frames each, target ratio <= 1.3)",
              "",
              "| frame | planner: plan | planner ms | bare ORT (side) ms | **ratio** | "
              "old tile 572: plan | old ms | old ratio |",
