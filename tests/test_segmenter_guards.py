@@ -1,0 +1,163 @@
+"""Segmenter guards at their edges (README "Embedding"): failures are reported once, wrapped
+with the model path and counted; the out-of-memory fallback ends (on the CPU, or with the OOM
+error when there is no CPU fallback) instead of retrying forever; frames at the limits of the
+input checks (1-pixel sides, channels-first look-alikes, ROIs touching the frame edge)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_deploy import Segmenter
+from unet_deploy.backends import onnxruntime as ort_backend
+from unet_deploy.backends.base import Backend
+from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
+from unet_deploy.errors import BackendError, InputError
+
+
+class Raising(Backend):
+    """ONNX Runtime inside; ``fail(batch)`` may raise before each call."""
+
+    name = "fake-gpu"
+    thread_safe = True
+
+    def __init__(self, path, fail=None, deactivate_error=None):
+        super().__init__()
+        self.inner = OnnxRuntimeBackend(path)
+        self.info = self.inner.info
+        self.fail = fail
+        self.deactivate_error = deactivate_error
+        self.calls = 0
+
+    def _activate(self):
+        self.inner.activate()
+
+    def _deactivate(self):
+        self.inner.deactivate()
+        if self.deactivate_error:
+            raise self.deactivate_error
+
+    def infer(self, batch):
+        self.calls += 1
+        if self.fail:
+            self.fail(batch)
+        return self.inner.infer(batch)
+
+
+@pytest.fixture(scope="module")
+def frame(real_crop):
+    return np.ascontiguousarray(real_crop[:150, :170])
+
+
+def oom(batch):
+    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_failures_are_wrapped_with_the_model_path_once_and_counted(tiny_model, frame):
+    def boom(batch):
+        raise RuntimeError("boom")
+
+    be = Raising(tiny_model, boom)
+    with Segmenter(tiny_model, backend=be, warmup=False) as s:
+        with pytest.raises(BackendError) as ei:
+            s(frame)
+        msg = str(ei.value)
+        assert msg.startswith(f"{tiny_model}: backend fake-gpu failed (boom)")
+        assert "restart()" in msg and msg.count(str(tiny_model)) == 1
+        assert s.health()["failures"] == 1 and s.health()["error"] == "boom"
+        s.restart()
+        with pytest.raises(BackendError):
+            s(frame)
+        assert s.health()["failures"] == 2
+
+    def own(batch):  # a BackendError that already names the model is passed on unchanged
+        raise BackendError(f"{tiny_model}: engine lost its context; rebuild it")
+
+    with Segmenter(tiny_model, backend=Raising(tiny_model, own), warmup=False) as s:
+        with pytest.raises(BackendError) as ei:
+            s(frame)
+        assert str(ei.value) == f"{tiny_model}: engine lost its context; rebuild it"
+
+    def bare(batch):  # a BackendError without the model path gets it, like any failure
+        raise BackendError("device lost")
+
+    with Segmenter(tiny_model, backend=Raising(tiny_model, bare), warmup=False) as s:
+        with pytest.raises(BackendError) as ei:
+            s(frame)
+        assert str(ei.value).startswith(f"{tiny_model}: backend fake-gpu failed (device lost)")
+
+
+def test_oom_on_the_cpu_too_ends_with_the_error(tiny_model, frame, monkeypatch):
+    """OOM at batch 1 falls back to the CPU; if the CPU is out of memory as well, the job
+    fails (once) instead of falling back again and again."""
+    cpu_calls = []
+    real = OnnxRuntimeBackend._infer
+
+    def cpu_oom(self, batch):
+        cpu_calls.append(len(batch))
+        raise MemoryError("no RAM left")
+
+    be = Raising(tiny_model, oom)
+    with Segmenter(tiny_model, backend=be, batch_size=1, tile=92, warmup=False) as s:
+        monkeypatch.setattr(OnnxRuntimeBackend, "_infer", cpu_oom)
+        with pytest.warns(RuntimeWarning, match="falling back"):
+            with pytest.raises(BackendError, match="no RAM left|MemoryError"):
+                s(frame)
+        h = s.health()
+        assert h["status"] == "failed" and h["fallback"] and h["backend"] != "fake-gpu"
+    assert be.calls == 1 and cpu_calls == [1]
+    monkeypatch.setattr(OnnxRuntimeBackend, "_infer", real)
+
+
+def test_oom_without_a_possible_cpu_fallback_reports_the_oom(tiny_model, frame, monkeypatch):
+    be = Raising(tiny_model, oom)
+    with Segmenter(tiny_model, backend=be, batch_size=1, tile=92, warmup=False) as s:
+        def cannot(*a, **k):
+            raise OSError("cannot load the model on the CPU")
+
+        monkeypatch.setattr(ort_backend.OnnxRuntimeBackend, "__init__", cannot)
+        with pytest.raises(BackendError, match="out of memory"):
+            s(frame)
+        h = s.health()
+        assert h["status"] == "failed" and h["fallback"] is None
+    assert be.calls == 1  # tried once, no retry loop
+
+
+def test_fallback_survives_a_failing_deactivate(tiny_model, frame):
+    ref = Segmenter(tiny_model, warmup=False)(frame)
+    be = Raising(tiny_model, oom, deactivate_error=RuntimeError("driver gone"))
+    with Segmenter(tiny_model, backend=be, batch_size=1, tile=92, warmup=False) as s:
+        with pytest.warns(RuntimeWarning, match="falling back"):
+            got = s(frame)
+        assert s.health()["status"] == "ok" and s.health()["fallback"]
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_frames_at_the_edges_of_the_input_checks(tiny_model):
+    rng = np.random.default_rng(0)
+    with Segmenter(tiny_model, warmup=False) as s:
+        for shape in ((1, 7), (7, 1), (1, 1), (9, 1, 1)):
+            img = rng.integers(0, 4000, shape).astype(np.uint16)
+            assert s(img).shape == shape[:2]
+        for shape in ((0, 5), (5, 0), (5, 5, 0)):
+            with pytest.raises(InputError, match="empty array"):
+                s(np.zeros(shape, np.uint16))
+        # channels-first look-alikes: at most 4 leading planes and more than 4 trailing
+        with pytest.raises(InputError, match="looks channels-first"):
+            s(np.zeros((4, 30, 5), np.uint16))
+        with pytest.raises(InputError) as ei:  # 5 leading rows: an image with 6 channels
+            s(np.zeros((5, 30, 6), np.uint16))
+        assert "channels-first" not in str(ei.value) and "6 channels" in str(ei.value)
+        assert s(np.zeros((4, 30, 4), np.uint16)).shape == (4, 30)  # a 4x30 RGBA frame
+
+
+def test_roi_edges(tiny_model, frame):
+    h, w = frame.shape
+    with Segmenter(tiny_model, warmup=False) as s:
+        whole = s(frame, roi=(0, h, 0, w))
+        np.testing.assert_array_equal(whole, s(frame))
+        assert s(frame, roi=(h - 1, h, w - 1, w)).shape == (1, 1)
+        for roi in [(0, h, -1, w), (0, h, 0, w + 1), (0, h, 3, 3), (4, 4, 0, w),
+                    (0, h + 1, 0, w)]:
+            with pytest.raises(InputError, match="roi"):
+                s(frame, roi=roi)
