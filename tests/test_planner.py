@@ -146,3 +146,19 @@ def test_planned_output_equals_whole_image(backend, h, w, batch, mem_kb, seed):
                                               preprocess_for(reader, backend.info), batch,
                                               "probabilities")))
     assert np.abs(tiled - whole).max() <= 1e-5
+
+
+def test_memory_cap_from_the_environment(monkeypatch):
+    from unet_deploy.errors import OptionError
+    from unet_deploy.tiling import DEFAULT_MEMORY, MEMORY_ENV, default_memory
+
+    info = ModelInfo(depth=4, base=16, classes=["background", "interior", "border"])
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    assert default_memory() == DEFAULT_MEMORY
+    big = plan_for(8000, 8000, info)
+    monkeypatch.setenv(MEMORY_ENV, "256")
+    small = plan_for(8000, 8000, info)
+    assert plan_memory(info, small) <= 256 << 20 < plan_memory(info, big)
+    monkeypatch.setenv(MEMORY_ENV, "lots")
+    with pytest.raises(OptionError, match=MEMORY_ENV):
+        plan_for(8000, 8000, info)

@@ -125,6 +125,25 @@ def legal_tiles(geo: Geometry, lo: int = 1, hi: int = 2048) -> list[int]:
 # 1052², 607 at 1532² peak RSS over the loaded model; 10 floats per base channel covers it).
 ACTIVATION_BYTES_PER_PX_PER_BASE = 40
 DEFAULT_MEMORY = 1 << 30  # bytes: tiles of one batch + two output row bands
+MEMORY_ENV = "UNET_DEPLOY_PLAN_MEMORY_MB"  # overrides DEFAULT_MEMORY (MiB), e.g. 512
+
+
+def default_memory() -> int:
+    """The planner's memory cap in bytes: ``$UNET_DEPLOY_PLAN_MEMORY_MB`` MiB when set, else
+    ``DEFAULT_MEMORY``."""
+    import os
+
+    value = os.environ.get(MEMORY_ENV, "").strip()
+    if not value:
+        return DEFAULT_MEMORY
+    try:
+        mb = float(value)
+    except ValueError:
+        raise OptionError(f"{MEMORY_ENV}={value!r} is not a number of MiB; set e.g. "
+                          f"{MEMORY_ENV}=512") from None
+    if mb <= 0:
+        raise OptionError(f"{MEMORY_ENV}={value!r} must be positive; set e.g. {MEMORY_ENV}=512")
+    return int(mb * 2**20)
 
 
 def _sides(geo: Geometry, n: np.ndarray) -> list[np.ndarray]:
@@ -245,14 +264,14 @@ def max_tile_of(backend) -> int | None:
 
 
 def plan_for(image_h: int, image_w: int, info: ModelInfo, tile: int | None = None,
-             batch: int = 1, backend=None, memory: int = DEFAULT_MEMORY) -> TilePlan:
+             batch: int = 1, backend=None, memory: int | None = None) -> TilePlan:
     """The plan the pipeline runs: ``tile`` given (``--tile``) → exactly that tile (shrunk to
-    cover a small image); else the cost-optimal plan (``choose_plan``) within ``memory`` and
-    the backend's largest accepted tile."""
+    cover a small image); else the cost-optimal plan (``choose_plan``) within ``memory`` bytes
+    (default ``default_memory()``) and the backend's largest accepted tile."""
     if tile:
         return plan_tiles(image_h, image_w, info.geometry, int(tile))
     return choose_plan(image_h, image_w, info, batch, max_side=max_tile_of(backend),
-                       memory=memory)
+                       memory=memory or default_memory())
 
 
 class RowSource:
