@@ -79,6 +79,7 @@ def test_float64_beyond_float32_counts_as_inf():
     img[3, 4] = 1e300
     img[5, 6] = -3.5e38  # just beyond float32's max (3.4028e38)
     img[7, 8] = 3.4e38  # still finite in float32
+    img[9, 10] = float(np.finfo(np.float32).max)  # exactly the largest float32: finite
     assert count_nonfinite(ArrayReader(img)) == 2
     assert nonfinite_mask(img).sum() == 2 and not nonfinite_mask(np.arange(5)).any()
     with pytest.raises(InputError, match=r"2 NaN/Inf pixel\(s\)"):

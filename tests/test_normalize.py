@@ -14,7 +14,7 @@ from unet_deploy.normalize import (MAX_SAMPLE, channel_mix, image_offset_scale,
 from unet_deploy.readers import ArrayReader
 
 
-@pytest.mark.parametrize("h,w", [(1, 1), (100, 130), (2000, 2000), (2001, 1999),
+@pytest.mark.parametrize("h,w", [(1, 1), (100, 130), (1999, 1999), (2000, 2000), (2001, 1999),
                                  (20000, 20000), (3, 40_000_000)])
 def test_sample_stride_is_the_smallest_that_fits(h, w):
     sy, sx = sample_rows(h, w)
@@ -41,6 +41,9 @@ def test_percentiles_and_degenerate_samples():
     x[::3] = np.nan
     lo, hi = np.percentile(x[np.isfinite(x)], [norm.low, norm.high])
     assert offset_scale(x, norm) == pytest.approx((lo, 1 / (hi - lo)), rel=1e-6)
+    small = rng.uniform(0.0, 0.5, 10_000)  # a span below 1 is still divided by
+    lo, hi = np.percentile(small, [norm.low, norm.high])
+    assert offset_scale(small, norm) == pytest.approx((lo, 1 / (hi - lo)), rel=1e-6)
     fixed = Normalization(mode="fixed", offset=12.5, scale=0.25)
     assert offset_scale(x, fixed) == (12.5, 0.25)
     custom = Normalization(low=10.0, high=90.0)
@@ -52,10 +55,14 @@ def test_training_and_inference_use_the_same_statistics():
     """image_offset_scale (training) equals what preprocess_for (inference) computes, also
     for an image large enough to be sampled with a stride."""
     rng = np.random.default_rng(1)
-    img = rng.integers(0, 4000, (2100, 2050)).astype(np.uint16)
-    assert sample_rows(*img.shape)[0] > 1
+    img = rng.uniform(0, 4000, (4100, 1100)).astype(np.float32)  # tall: strides differ per axis
+    sy = sample_rows(*img.shape)[0]
+    assert sy > 1 and sample_rows(img.shape[1], img.shape[1])[0] == 1
+    norm = ModelInfo().normalization
+    lo, hi = np.percentile(img[::sy, ::sy], [norm.low, norm.high])
+    offset, scale = image_offset_scale(img, norm)
+    assert (offset, scale) == pytest.approx((lo, 1 / (hi - lo)), rel=1e-6)
     prep = preprocess_for(ArrayReader(img), ModelInfo())
-    offset, scale = image_offset_scale(img, ModelInfo().normalization)
     assert prep.offset[0] == pytest.approx(offset) and prep.scale[0] == pytest.approx(scale)
 
 
