@@ -161,3 +161,82 @@ def test_roi_edges(tiny_model, frame):
                     (0, h + 1, 0, w)]:
             with pytest.raises(InputError, match="roi"):
                 s(frame, roi=roi)
+
+
+def test_probabilities_from_a_labels_backend_and_after_an_oom_split(tiny_model, frame):
+    """A backend that can return class maps still gives probabilities when they are asked
+    for, also when an out-of-memory split cuts a batch into parts."""
+    ref = Segmenter(tiny_model, output="probabilities", tile=92, warmup=False)(frame)
+    labelled = OnnxRuntimeBackend(tiny_model, labels_output=True)
+    with Segmenter(tiny_model, backend=labelled, output="probabilities", tile=92,
+                   warmup=False) as s:
+        np.testing.assert_allclose(s(frame), ref, rtol=0, atol=1e-6)
+
+    def oom_over_2(batch):
+        if len(batch) > 2:
+            oom(batch)
+
+    be = Raising(tiny_model, oom_over_2)
+    with Segmenter(tiny_model, backend=be, output="probabilities", batch_size=8, tile=92,
+                   warmup=False) as s:
+        with pytest.warns(RuntimeWarning, match="out of memory"):
+            got = s(frame)
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+        assert s.health()["batch_size"] == 2
+
+
+def test_two_threads_out_of_memory_at_once_both_end_on_the_cpu(tiny_model, frame):
+    """Threads A and B are both inside the GPU backend when it runs out of memory; A falls
+    back to the CPU first, then B's OOM is handled: B retries on the CPU too (no second
+    switch, no failure)."""
+    import threading
+    import time
+
+    ref = Segmenter(tiny_model, tile=92, warmup=False)(frame)
+    b_inside = threading.Event()
+    holder = {}
+
+    def fail(batch):
+        if threading.current_thread().name == "B":
+            b_inside.set()
+            deadline = time.monotonic() + 60
+            while holder["seg"].health()["fallback"] is None:  # until A has switched
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        else:
+            assert b_inside.wait(60)
+        oom(batch)
+
+    be = Raising(tiny_model, fail)
+    with Segmenter(tiny_model, backend=be, batch_size=1, tile=92, warmup=False) as s:
+        holder["seg"] = s
+        results = {}
+
+        def job():
+            results[threading.current_thread().name] = s(frame)
+
+        threads = [threading.Thread(target=job, name=n) for n in "AB"]
+        with pytest.warns(RuntimeWarning, match="falling back"):
+            [t.start() for t in threads]
+            [t.join(120) for t in threads]
+        assert set(results) == {"A", "B"}, "a thread failed"
+        h = s.health()
+        assert h["status"] == "ok" and h["fallback"] and h["failures"] == 0
+    assert be.calls == 2  # each thread met the OOM once; everything after ran on the CPU
+    for got in results.values():
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_unconvertible_frame_and_rgb_roi(tiny_model, real_crop):
+    class Broken:
+        def __array__(self, *a, **k):
+            raise RuntimeError("sensor buffer already released")
+
+    rgb = np.stack([real_crop[:120, :130]] * 3, -1)
+    with Segmenter(tiny_model, warmup=False) as s:
+        with pytest.raises(InputError, match="cannot convert Broken"):
+            s(Broken())
+        got = s(rgb, roi=(10, 90, 20, 110))
+        np.testing.assert_array_equal(got, s(np.ascontiguousarray(rgb[10:90, 20:110])))
+        assert s.health()["status"] == "ok"
