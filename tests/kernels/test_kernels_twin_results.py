@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from unet_deploy.kernels import (
+    gather_tiles,
+    gather_tiles_numpy,
     stitch_labels,
     stitch_labels_numpy,
     stitch_probabilities,
@@ -49,3 +51,22 @@ def test_probabilities_twin_keeps_nan_and_crops(fn):
     got = fn(p, ys, xs, out, row0)
     assert got is out
     np.testing.assert_array_equal(out, want)  # NaN == NaN for assert_array_equal
+
+
+@pytest.mark.parametrize("fn", [gather_tiles, gather_tiles_numpy])
+def test_gather_one_pixel_wide_and_empty_images(fn):
+    """A 1-pixel-wide (or 1-pixel-high) image mirrors to that column everywhere; an empty image
+    is refused, not read out of bounds."""
+    one = np.ones(1, np.float32)
+    col = np.arange(7, dtype=np.float32).reshape(7, 1, 1)
+    out = np.full((1, 1, 5, 6), -1, np.float32)
+    fn(col, 0, 7, np.array([-2]), np.array([-3]), one[None], one * 0, one, out)
+    want = np.pad(col[:, :, 0], ((2, 0), (0, 0)), mode="reflect")[:5]  # rows -2..2 mirrored
+    np.testing.assert_array_equal(out[0, 0], np.repeat(want, 6, axis=1))
+    row = np.arange(6, dtype=np.float32).reshape(1, 6, 1)
+    fn(row, 0, 1, np.array([-1]), np.array([-1]), one[None], one * 0, one, out)
+    np.testing.assert_array_equal(out[0, 0], np.tile(np.pad(row[0, :, 0], (1, 0),
+                                                            mode="reflect")[:6], (5, 1)))
+    for empty, h in ((np.zeros((0, 4, 1), np.float32), 0), (np.zeros((3, 0, 1), np.float32), 3)):
+        with pytest.raises(ValueError, match="non-empty"):
+            fn(empty, 0, h, np.array([0]), np.array([0]), one[None], one, one, out)
