@@ -65,3 +65,49 @@ def test_rename_happens_after_close_and_fsync_of_the_complete_file(tmp_path, mon
     assert synced[-1][2] == size, "data was written after the last fsync"
     np.testing.assert_array_equal(tifffile.imread(out), data)
     assert not list(tmp_path.glob(".labels.tif.partial-*"))
+
+
+def test_aborted_write_closes_and_removes_the_temporary_file(tmp_path):
+    """An exception inside the ``with`` block: the temporary file is closed (no descriptor left
+    on it, not even on the deleted file) and removed; the final name never appears."""
+    import pytest
+
+    out = tmp_path / "labels.tif"
+    with pytest.raises(RuntimeError, match="camera unplugged"):
+        with TiffBandWriter(out, (), 64, 40, 1, np.uint8, tile=16) as w:
+            w.write_band(np.ones((20, 40), np.uint8))
+            tmp = w.tmp_path
+            assert tmp is not None and _open_fds_to(tmp)
+            raise RuntimeError("camera unplugged")
+    assert not out.exists() and not tmp.exists()
+    leaked = [fd for fd in os.listdir("/proc/self/fd")
+              if ".labels.tif.partial-" in _readlink(f"/proc/self/fd/{fd}")]
+    assert not leaked, "descriptor left open on the temporary file"
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def test_temporary_file_that_cannot_be_created_is_an_output_error(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from unet_deploy.errors import OutputError
+
+    real_open = os.open
+
+    def refuse(path, *a, **k):
+        if ".partial-" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(uio.os, "open", refuse)
+    with pytest.raises(OutputError, match="cannot create temporary file .*Permission denied"):
+        with TiffBandWriter(tmp_path / "x.tif", (), 8, 8, 1, np.uint8, tile=16):
+            pass
+    assert not list(tmp_path.iterdir())
