@@ -33,14 +33,12 @@ def _mode_2x2(a, out):
             n0 = 1 + (v0 == v1) + (v0 == v2) + (v0 == v3)
             n1 = 1 + (v1 == v0) + (v1 == v2) + (v1 == v3)
             n2 = 1 + (v2 == v0) + (v2 == v1) + (v2 == v3)
-            n3 = 1 + (v3 == v0) + (v3 == v1) + (v3 == v2)
+            # v3 never wins: if it occurs earlier, that position has its count and comes first
             best, value = n0, v0
             if n1 > best:
                 best, value = n1, v1
             if n2 > best:
-                best, value = n2, v2
-            if n3 > best:
-                value = v3
+                value = v2
             dst[j] = value
 
 
@@ -67,9 +65,9 @@ def mode_2x2_numpy(a):
     if a.shape[1] % 2:
         a = np.concatenate([a, a[:, -1:]], axis=1)
     v = [a[0::2, 0::2], a[0::2, 1::2], a[1::2, 0::2], a[1::2, 1::2]]
-    counts = [sum((v[i] == v[j]).astype(np.uint8) for j in range(4)) for i in range(4)]
+    counts = [sum((v[i] == v[j]).astype(np.uint8) for j in range(4)) for i in range(3)]
     out, best = v[0].copy(), counts[0]
-    for i in (1, 2, 3):
+    for i in (1, 2):  # v3 never wins (see _mode_2x2)
         better = counts[i] > best
         out[better] = v[i][better]
         best = np.maximum(best, counts[i])

@@ -308,3 +308,48 @@ def test_invalid_utf8_metadata(tiny_model, tmp_path):
     with pytest.raises(ModelError):
         read_onnx(path)
     cli_refuses(path, tmp_path, "badutf8.onnx")
+
+
+@pytest.mark.parametrize("message,shown", [
+    ("E" * 250 + "\nsecond line of the runtime's report", "E" * 200),
+    ("   ", "RuntimeError"),
+], ids=["long-multiline", "empty"])
+def test_unloadable_model_error_shows_the_first_line_only(tmp_path, monkeypatch, message,
+                                                          shown):
+    """ONNX Runtime's load errors can run to many lines: the ModelError keeps one line, at
+    most 200 characters of the first, or the exception type when the message is empty."""
+    import onnxruntime
+
+    def refuse(*a, **k):
+        raise RuntimeError(message)
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x08\x07not really a model")
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    with pytest.raises(ModelError) as err:
+        read_onnx(path)
+    text = str(err.value)
+    assert f"not a loadable ONNX model ({shown}); re-export" in text
+    assert "\n" not in text and "second line" not in text
+
+
+def test_fallback_scanner_reads_an_entry_at_the_very_start(tmp_path, monkeypatch):
+    """The byte scan finds a location entry wherever it is, offset 0 included (the entry
+    names its location, it is not refused as unreadable)."""
+    import builtins
+
+    from unet_deploy import model_store
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x0a\x08location\x12\x07../x.pb" + b"\x08\x07")
+    real_import = builtins.__import__
+
+    def no_onnx(name, *a, **k):
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    assert model_store._external_locations(str(path)) == ["../x.pb"]
+    with pytest.raises(ModelError, match="'../x.pb' points outside"):
+        check_external_data(path)

@@ -95,3 +95,38 @@ def test_memmap_sample_equals_the_strided_array(tmp_path):
     got = plane_sample(reader)
     np.testing.assert_array_equal(got, data[::sy, ::sx])
     assert not isinstance(got, np.memmap)
+
+
+def _mapped_file_mb() -> float:
+    """File-backed resident memory of this process (RssFile), MB: pages of a memory-mapped
+    input count here while they stay mapped."""
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssFile in /proc/self/status (Linux only)")
+
+
+def test_sampling_and_counting_a_mapped_plane_release_its_pages(tmp_path):
+    """README: memory stays flat. Sampling a memory-mapped plane for the percentiles and
+    counting its NaNs read it band by band and release each band's pages, so a 128 MB input
+    does not stay resident."""
+    from unet_deploy.normalize import count_nonfinite
+
+    h, w = 4096, 8192  # float32: 128 MB; sampled with stride 3
+    mm = np.memmap(tmp_path / "plane.raw", np.float32, "w+", shape=(h, w, 1))
+    mm[:] = 1.0
+    mm[::97, ::89] = np.nan
+    mm.flush()
+    del mm
+    array = np.memmap(tmp_path / "plane.raw", np.float32, "r", shape=(h, w, 1))
+    reader = ArrayReader(array)
+    assert reader.array is array
+    before = _mapped_file_mb()
+    sample = plane_sample(reader)
+    assert np.isnan(sample).sum() == len(range(0, h, 97 * 3)) * len(range(0, w, 89 * 3))
+    after_sample = _mapped_file_mb()  # the sample read (not a view into the mapping)
+    assert count_nonfinite(reader) == len(range(0, h, 97)) * len(range(0, w, 89))
+    after_count = _mapped_file_mb()
+    assert sample.shape == (len(range(0, h, 3)), len(range(0, w, 3)), 1)
+    assert after_sample - before < 24, f"sampling left {after_sample - before:.0f} MB mapped"
+    assert after_count - before < 24, f"counting left {after_count - before:.0f} MB mapped"

@@ -137,3 +137,24 @@ def test_needs_calibration_images(tiny_onnx, tmp_path):
     with pytest.raises(InputError, match="not found"):
         quantize_int8(tiny_onnx, tmp_path / "a.onnx", calibration=[tmp_path / "nope.tif"])
     assert default_int8_path(tiny_onnx).name == "tiny.int8.onnx"
+
+
+def test_gate_runs_the_first_output_of_a_two_output_model(tiny_onnx, tmp_path):
+    """Models may carry extra outputs after the probabilities (model_store accepts >= 1): the
+    gate's ONNX run compares the first, like every backend, in batches of any size."""
+    import onnxruntime as ort
+
+    from unet_deploy.gate import run_onnx
+
+    m = onnx.load(str(tiny_onnx))
+    probs = m.graph.output[0].name
+    m.graph.node.append(onnx.helper.make_node("Neg", [probs], ["negated"]))
+    m.graph.output.append(onnx.helper.make_tensor_value_info("negated", onnx.TensorProto.FLOAT,
+                                                             None))
+    two = tmp_path / "two.onnx"
+    onnx.save(m, str(two))
+    tiles = np.random.default_rng(3).normal(size=(5, 1, 92, 92)).astype(np.float32)
+    sess = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: tiles})[0]
+    for batch in (1, 2, 4, 5):
+        np.testing.assert_allclose(run_onnx(two, tiles, batch=batch), ref, rtol=0, atol=1e-6)

@@ -240,3 +240,50 @@ def test_unconvertible_frame_and_rgb_roi(tiny_model, real_crop):
         got = s(rgb, roi=(10, 90, 20, 110))
         np.testing.assert_array_equal(got, s(np.ascontiguousarray(rgb[10:90, 20:110])))
         assert s.health()["status"] == "ok"
+
+
+def test_a_labels_backend_is_asked_for_labels(tiny_model, frame):
+    """For output="labels" a backend that computes labels returns class maps (1 byte per
+    pixel off the device), and the result equals the probabilities' argmax."""
+    ref = Segmenter(tiny_model, tile=92, warmup=False)(frame)
+    be = OnnxRuntimeBackend(tiny_model, labels_output=True)
+    calls = {"labels": 0, "probabilities": 0}
+    infer, infer_labels = be._infer, be._infer_labels
+
+    def count(kind, fn):
+        def wrapped(batch):
+            calls[kind] += 1
+            return fn(batch)
+        return wrapped
+
+    be._infer, be._infer_labels = count("probabilities", infer), count("labels", infer_labels)
+    with Segmenter(tiny_model, backend=be, tile=92, warmup=False) as s:
+        np.testing.assert_array_equal(s(frame), ref)
+    assert calls["labels"] > 0 and calls["probabilities"] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64, np.float16, np.int8, ">u2"])
+def test_other_dtypes_equal_their_float64_frame(tiny_model, dtype):
+    """Pixel types the gather kernel does not read directly are converted: the result equals
+    that of the same frame given as float64 (and as float32: the kernel rounds every pixel
+    to float32)."""
+    top = 100 if np.dtype(dtype) == np.int8 else 2000
+    frame = np.random.default_rng(7).integers(0, top, (100, 120)).astype(dtype)
+    with Segmenter(tiny_model, output="probabilities", tile=92, warmup=False) as s:
+        got = s(frame)
+        np.testing.assert_array_equal(got, s(frame.astype(np.float64)))
+        np.testing.assert_array_equal(got, s(frame.astype(np.float32)))
+
+
+def test_a_bad_result_from_a_callers_own_infer_marks_the_segmenter_failed(tiny_model, frame):
+    """A caller's backend that overrides infer() itself is checked like any other: a wrong
+    result is a BackendError naming the model, the failure is counted and health says so."""
+    class WrongShape(Raising):
+        def infer(self, batch):
+            return self.inner.infer(batch)[:, :1]
+
+    with Segmenter(tiny_model, backend=WrongShape(tiny_model), tile=92, warmup=False) as s:
+        with pytest.raises(BackendError, match=f"^{tiny_model}.*backend fake-gpu failed"):
+            s(frame)
+        h = s.health()
+        assert h["status"] == "failed" and h["failures"] == 1

@@ -66,14 +66,13 @@ def gate_report(reference: np.ndarray, candidate: np.ndarray,
                       passed=bool(finite and agree >= min_agreement))
 
 
-def run_onnx(model, tiles: np.ndarray, batch: int = 4, threads: int = 0) -> np.ndarray:
+def run_onnx(model, tiles: np.ndarray, batch: int = 4) -> np.ndarray:
     """Probabilities of an ONNX model (path or bytes) on ``tiles`` with ONNX Runtime CPU."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(model) if isinstance(model, Path) else model, opts,
+    sess = ort.InferenceSession(str(model) if isinstance(model, Path) else model,
                                 providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    (inp,) = sess.get_inputs()  # model_store refuses models with another number of inputs
+    name = inp.name
     return np.concatenate([sess.run(None, {name: tiles[i : i + batch]})[0]
                            for i in range(0, len(tiles), batch)])

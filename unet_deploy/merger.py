@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metadata import label_dtype
 from .tiling import TilePlan
 from .workers import Workers, split
 
@@ -26,7 +27,7 @@ class BandMerger:
         self.output = output
         self.stitch = stitch_labels if output == "labels" else stitch_probabilities
         self.paste = stitch_classes
-        self.label_dtype = np.uint8 if n_classes <= 256 else np.uint16
+        self.label_dtype = label_dtype(n_classes)
         self.bands: dict[int, np.ndarray] = {}
         self.filled: dict[int, int] = {}
         self.next_row = first_row  # bands are handed on from this tile row

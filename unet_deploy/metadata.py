@@ -8,10 +8,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from .geometry import Geometry
 
 METADATA_KEY = "unet_deploy"
 FORMAT_VERSION = 1
+
+
+def label_dtype(n_classes: int) -> np.dtype:
+    """The dtype of a class map over ``n_classes`` classes: uint8 up to 256, else uint16."""
+    return np.dtype(np.uint8 if n_classes <= 256 else np.uint16)
 
 
 @dataclass

@@ -98,10 +98,8 @@ def nonfinite_mask(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values)
     if values.dtype.kind != "f":
         return np.zeros(values.shape, bool)
-    bad = ~np.isfinite(values)
-    if values.dtype.itemsize > 4:  # finite in float64 but inf once cast to float32
-        bad |= np.abs(values) > np.finfo(np.float32).max
-    return bad
+    with np.errstate(over="ignore"):  # the overflow is what we are looking for
+        return ~np.isfinite(values.astype(np.float32, copy=False))
 
 
 def count_nonfinite(reader: Reader) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import Cancelled
 from .merger import BandMerger
-from .metadata import ModelInfo
+from .metadata import ModelInfo, label_dtype
 from .normalize import Preprocess, preprocess_for
 from .readers import ArrayReader, ChannelReader, Reader
 from .tiling import RowSource, TilePlan, gather_batch, plan_for
@@ -201,7 +201,7 @@ def output_format(output: str, info: ModelInfo) -> tuple[int, np.dtype]:
         return info.out_channels, np.dtype(np.float32)
     if output == "instances":
         return 1, np.dtype(np.uint32)
-    return 1, np.dtype(np.uint8 if info.out_channels <= 256 else np.uint16)
+    return 1, label_dtype(info.out_channels)
 
 
 def segment_file(input_path: str | Path, output_path: str | Path | None = None, model=None, *,

@@ -47,6 +47,7 @@ import numpy as np
 
 from .backends.base import Backend, check_output
 from .errors import BackendError, InputError, UnetDeployError
+from .metadata import label_dtype
 
 __all__ = ["Segmenter", "SegmentationFuture", "is_out_of_memory"]
 
@@ -106,7 +107,7 @@ class _GuardedBackend:
 
     @property
     def computes_labels(self) -> bool:
-        return bool(getattr(self.seg._backend, "computes_labels", False))
+        return bool(self.seg._backend.computes_labels)
 
     def infer(self, batch: np.ndarray, labels: bool = False) -> np.ndarray:
         seg = self.seg
@@ -118,11 +119,11 @@ class _GuardedBackend:
             if len({p.ndim for p in parts}) > 1:  # a CPU fallback mid-batch: probabilities
                 k = seg.info.out_channels
                 parts = [p if p.ndim == 3 else
-                         np.argmax(p, axis=1).astype(np.uint8 if k <= 256 else np.uint16)
+                         np.argmax(p, axis=1).astype(label_dtype(k))
                          for p in parts]
             return np.concatenate(parts)
         backend, lock = seg._backend, seg._infer_lock
-        labels = labels and bool(getattr(backend, "computes_labels", False))
+        labels = labels and bool(backend.computes_labels)
         try:
             if lock is None:
                 out = backend.infer(batch, labels=True) if labels else backend.infer(batch)
@@ -338,7 +339,7 @@ class Segmenter:
 
     def _shrink_batch(self, n: int, exc: BaseException) -> None:
         with self._state_lock:
-            new = max(1, min(self._max_batch, n // 2))
+            new = min(self._max_batch, n // 2)  # >= 1: only called for n > 1
             self._max_batch = new
         warnings.warn(f"backend out of memory at batch {n} ({_one_line(exc)}); retrying with "
                       f"batch {new}", RuntimeWarning, stacklevel=3)
@@ -457,13 +458,9 @@ class Segmenter:
             arr = arr.astype(np.uint8)
         elif arr.dtype.newbyteorder("=") not in _KERNEL_DTYPES or not arr.dtype.isnative:
             native = arr.dtype.newbyteorder("=")
-            if native in _KERNEL_DTYPES:
-                target = native
-            elif kind == "f" or arr.dtype.itemsize <= 2:
-                target = np.dtype(np.float32)  # float16, int8: exact in float32
-            else:
-                target = np.dtype(np.float64)  # (u)int32/64: exact (up to 2**53) in float64
-            arr = arr.astype(target)
+            # float16, int8, (u)int32/64: the gather kernel rounds every pixel to float32
+            # anyway, so converting to float32 here loses nothing (and half of float64's memory)
+            arr = arr.astype(native if native in _KERNEL_DTYPES else np.float32)
         return arr
 
     def _segment(self, frame, roi, cancel) -> np.ndarray:

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from ..errors import BackendError
-from ..metadata import ModelInfo
+from ..metadata import ModelInfo, label_dtype
 
 
 def check_input(backend, batch: np.ndarray) -> np.ndarray:
@@ -48,7 +48,7 @@ def check_output(out, n: int, k: int, labels: bool = False) -> np.ndarray:
             raise BackendError(f"backend returned class labels {int(out.min())}..."
                                f"{int(out.max())}, outside 0..{k - 1} ({k} classes)")
         if out.dtype not in (np.uint8, np.uint16, np.int32):  # e.g. int64 from an ArgMax
-            out = out.astype(np.uint8 if k <= 256 else np.uint16)
+            out = out.astype(label_dtype(k))
         return out
     if out.ndim != 4 or out.shape[0] != n or out.shape[1] != k or out.dtype.kind != "f":
         raise BackendError(f"backend returned shape {out.shape} dtype {out.dtype} for a batch "
