@@ -415,9 +415,11 @@ def test_writer_roundtrip_probabilities_and_resolution(tmp_path):
         np.testing.assert_array_equal(src.plane(1).read_rows(10, 20), probs[1, 10:20])
 
 
-def test_writer_memory_bounded(tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_writer_memory_bounded(tmp_path, threads):
     """Peak Python/NumPy allocation while writing a 32 MB image band by band stays at a few
-    tile rows (tile row = 2 MB here), far below the image size."""
+    tile rows (tile row = 2 MB here), far below the image size, also when tiles are
+    compressed in parallel (tifffile buffers up to its ``buffersize``)."""
     import tracemalloc
 
     h = w = 4096
@@ -427,7 +429,7 @@ def test_writer_memory_bounded(tmp_path):
     try:
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
-        with TiffBandWriter(out, (), h, w, 1, np.uint16, tile=256) as wr:
+        with TiffBandWriter(out, (), h, w, 1, np.uint16, tile=256, threads=threads) as wr:
             for _ in range(h // 256):
                 wr.write_band(band)
         peak = tracemalloc.get_traced_memory()[1] - base
@@ -510,3 +512,26 @@ def test_writer_thread_does_not_leak(tmp_path):
     with TiffBandWriter(tmp_path / "y.tif", (), 16, 16, 1, np.uint8, tile=16) as w:
         w.write_band(np.zeros((16, 16), np.uint8))
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("size", [(0, 10, 1), (10, 0, 1), (10, 10, 0), (-1, 10, 1)])
+def test_writer_refuses_an_empty_output(tmp_path, size):
+    h, w, samples = size
+    with pytest.raises(ValueError, match="invalid output size"):
+        TiffBandWriter(tmp_path / "o.tif", (), h, w, samples, np.uint8)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("res", [{"xresolution": 3.5}, {"yresolution": 2.0},
+                                 {"xresolution": 3.5, "resolutionunit": 3}])
+def test_writer_skips_a_resolution_given_for_one_axis_only(tmp_path, res):
+    """A source with a resolution for one axis only (some writers do that): the output gets
+    no resolution rather than a half-invented one, and is still written."""
+    out = tmp_path / "o.tif"
+    labels = RNG.integers(0, 3, (40, 30)).astype(np.uint8)
+    with TiffBandWriter(out, (), 40, 30, 1, np.uint8, resolution=res, tile=16) as w:
+        w.write_band(labels)
+    with tifffile.TiffFile(out) as tif:
+        np.testing.assert_array_equal(tif.asarray(), labels)
+        assert "XResolution" not in tif.pages[0].tags or \
+            tif.pages[0].tags["XResolution"].value == (1, 1)

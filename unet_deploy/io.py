@@ -675,7 +675,6 @@ def check_output(out_path: str | os.PathLike, input_path: str | os.PathLike, ove
     out = Path(out_path)
     inp = Path(input_path)
     if os.path.lexists(out):
-        same = False
         try:
             same = os.path.exists(inp) and os.path.exists(out) and os.path.samefile(out, inp)
         except OSError:
