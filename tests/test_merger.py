@@ -111,6 +111,7 @@ def test_many_classes_need_uint16_labels(plan):
     assert labels.dtype == np.uint16 and labels.max() > 255
     np.testing.assert_array_equal(labels, want.argmax(-1))
     assert BandMerger(plan, 256, "labels").label_dtype == np.uint8
+    assert BandMerger(plan, 257, "labels").label_dtype == np.uint16  # 0..256 needs 9 bits
 
 
 def test_class_maps_cannot_give_probabilities(plan):
