@@ -147,3 +147,32 @@ def test_labels_kernel_equals_numpy_argmax_on_random_floats():
     out = np.zeros((37, 41 * 3), np.uint8)
     stitch_labels(p, np.zeros(3, np.int64), np.arange(3) * 41, out, 0)
     np.testing.assert_array_equal(out, np.concatenate(list(np.argmax(p, axis=1)), axis=1))
+
+
+@pytest.mark.parametrize("out_dtype,fits,too_many", [(np.uint8, 256, 257),
+                                                     (np.uint16, 65536, 65537)])
+def test_class_count_boundary_of_the_output_dtype(out_dtype, fits, too_many):
+    """Class ids 0..K-1 fit a dtype whose maximum is K-1 exactly; one class more is refused
+    (labels from probabilities, and pasted class maps)."""
+    ys, xs = np.array([0]), np.array([0])
+    for fn in (stitch_labels, stitch_labels_numpy):
+        probs = np.zeros((1, fits, 1, 2), np.float32)
+        probs[0, fits - 1, 0, 1] = 1.0  # the last class wins at one pixel
+        got = fn(probs, ys, xs, np.zeros((1, 2), out_dtype))  # row0 defaults to 0
+        np.testing.assert_array_equal(got, [[0, fits - 1]])
+        with pytest.raises(ValueError, match="do not fit"):
+            fn(np.zeros((1, too_many, 1, 2), np.float32), ys, xs, np.zeros((1, 2), out_dtype))
+    classes = np.array([[[0, fits - 1]]], np.int32)
+    for fn in (stitch_classes, stitch_classes_numpy):
+        got = fn(classes, ys, xs, np.zeros((1, 2), out_dtype), 0, fits)
+        np.testing.assert_array_equal(got, [[0, fits - 1]])
+        with pytest.raises(ValueError, match="do not fit"):
+            fn(classes, ys, xs, np.zeros((1, 2), out_dtype), 0, too_many)
+
+
+def test_stitch_classes_defaults_take_any_uint8_class_map():
+    """Defaults: row0 0 and n_classes 256, i.e. any uint8 class map pastes into uint8."""
+    classes = np.array([[[0, 255], [7, 1]]], np.uint8)
+    for fn in (stitch_classes, stitch_classes_numpy):
+        got = fn(classes, np.array([0]), np.array([0]), np.zeros((2, 2), np.uint8))
+        np.testing.assert_array_equal(got, classes[0])

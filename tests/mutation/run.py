@@ -99,8 +99,10 @@ def definition_lines(source: str, names: list[str]) -> list[tuple[int, int]]:
 
 
 def apply_filters(session: Path, tree: Path, module: dict, allow: list[str]) -> None:
-    """Mark as skipped the mutants of operators not allowed, and those outside the module's
-    ``only`` definitions."""
+    """Mark as skipped the mutants of operators not allowed, those in ``@numba.njit(...)``
+    options (cache/nogil change compile caching and GIL release, never results: equivalent by
+    construction, like the RemoveDecorator operator left out in config.toml), and those
+    outside the module's ``only`` definitions."""
     import re
 
     from cosmic_ray.work_db import use_db
@@ -113,8 +115,11 @@ def apply_filters(session: Path, tree: Path, module: dict, allow: list[str]) -> 
         for item in list(db.pending_work_items):
             m = item.mutations[0]
             why = None
+            line = (tree / m.module_path).read_text().splitlines()[m.start_pos[0] - 1]
             if not allowed.fullmatch(m.operator_name):
                 why = "operator not in the allow-list"
+            elif line.strip().startswith("@numba.njit("):
+                why = "a JIT option (speed only)"
             elif ranges is not None and not any(
                     a <= m.start_pos[0] <= b for a, b in ranges[str(m.module_path)]):
                 why = "outside the guarded definitions"
