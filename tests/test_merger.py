@@ -45,14 +45,17 @@ def plan():
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("split", ["whole rows", "across rows", "single tiles", "shuffled"])
+@pytest.mark.parametrize("split", ["whole rows", "across rows", "single tiles", "shuffled",
+                                   "rows interleaved"])
 def test_bands_equal_the_pasted_image(plan, threads, split):
     probs, want = tiles_for(plan, 3)
     ids = np.arange(plan.n_tiles)
+    mixed = np.random.default_rng(0).permutation(ids)  # a row's tiles are not one slice
     batches = {"whole rows": [ids[i : i + plan.cols] for i in range(0, plan.n_tiles, plan.cols)],
                "across rows": [ids[i : i + 4] for i in range(0, plan.n_tiles, 4)],
                "single tiles": [[i] for i in ids],
-               "shuffled": [ids[[1, 0, 2]], ids[3:]]}[split]
+               "shuffled": [ids[[1, 0, 2]], ids[3:]],
+               "rows interleaved": [mixed[:7], mixed[7:]]}[split]
     workers = Workers(threads) if threads > 1 else None
     got = run(BandMerger(plan, 3, "probabilities"), probs, batches, workers)
     np.testing.assert_array_equal(got, want)
@@ -84,6 +87,7 @@ def test_single_column_plan_hands_on_each_band_when_its_tile_is_in():
     assert plan.cols == 1 and plan.rows > 2
     probs, want = tiles_for(plan, 2, seed=2)
     m = BandMerger(plan, 2, "probabilities")
+    assert list(m.pop_complete()) == []  # nothing added, nothing complete
     got = []
     for t in range(plan.n_tiles):
         m.add(probs[[t]], np.array([t]))

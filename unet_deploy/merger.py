@@ -50,14 +50,14 @@ class BandMerger:
         if classes and self.output != "labels":
             raise ValueError(f"class maps cannot give {self.output} output; the backend must "
                              f"return probabilities")
-        rows = tile_ids // self.plan.cols
+        rows, columns = np.divmod(tile_ids, self.plan.cols)
+        workers = workers or Workers(1)
         for row in np.unique(rows):
             sel = np.flatnonzero(rows == row)
             # A batch holds consecutive tiles, so a row's tiles are a slice: no copy.
             part = out[sel[0] : sel[-1] + 1] if sel[-1] - sel[0] + 1 == len(sel) else out[sel]
             ys, xs = self.plan.out_origins(int(row))
-            cols = tile_ids[sel] % self.plan.cols
-            ys, xs = ys[cols], xs[cols]
+            ys, xs = ys[columns[sel]], xs[columns[sel]]
             band = self._band(int(row))
             row0 = int(row) * self.plan.out_h
 
@@ -68,8 +68,7 @@ class BandMerger:
                 else:
                     self.stitch(part, ys, xs, band[a:b], row0 + a)
 
-            n = workers.threads if workers is not None else 1
-            (workers or Workers(1)).run(stitch, split(band.shape[0], n))
+            workers.run(stitch, split(band.shape[0], workers.threads))
             self.filled[int(row)] += len(sel)
 
     def pop_complete(self):
