@@ -132,3 +132,14 @@ def test_band_too_small_is_rejected(fn):
         fn(image[10:20], 10, 30, np.array([0]), np.array([0]), one[None], one, one, out)
     with pytest.raises(ValueError):  # mix does not match C_src
         fn(image, 0, 30, np.array([0]), np.array([0]), np.ones((1, 3), np.float32), one, one, out)
+
+
+@pytest.mark.parametrize("fn", [gather_tiles, gather_tiles_numpy])
+def test_tile_origins_must_be_1d_and_paired(fn):
+    image = np.zeros((30, 8, 1), np.float32)
+    one = np.ones(1, np.float32)
+    out = np.empty((4, 1, 4, 4), np.float32)
+    for ys, xs in ((np.array([0, 1]), np.array([0])),  # unequal lengths
+                   (np.zeros((2, 1), np.int64), np.zeros((2, 1), np.int64))):  # equal, 2-D
+        with pytest.raises(ValueError, match="1-D arrays of equal length"):
+            fn(image, 0, 30, ys, xs, one[None], one, one, out)

@@ -176,3 +176,10 @@ def test_stitch_classes_defaults_take_any_uint8_class_map():
     for fn in (stitch_classes, stitch_classes_numpy):
         got = fn(classes, np.array([0]), np.array([0]), np.zeros((2, 2), np.uint8))
         np.testing.assert_array_equal(got, classes[0])
+
+
+def test_stitch_probabilities_row0_defaults_to_the_image_top():
+    probs = np.arange(2 * 2 * 3, dtype=np.float32).reshape(1, 2, 2, 3)
+    for fn in (stitch_probabilities, stitch_probabilities_numpy):
+        got = fn(probs, np.array([0]), np.array([0]), np.zeros((2, 3, 2), np.float32))
+        np.testing.assert_array_equal(got, np.moveaxis(probs[0], 0, -1))
