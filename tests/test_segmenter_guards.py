@@ -277,13 +277,15 @@ def test_other_dtypes_equal_their_float64_frame(tiny_model, dtype):
 
 def test_a_bad_result_from_a_callers_own_infer_marks_the_segmenter_failed(tiny_model, frame):
     """A caller's backend that overrides infer() itself is checked like any other: a wrong
-    result is a BackendError naming the model, the failure is counted and health says so."""
+    result is a BackendError naming the model and what was wrong, the failure is counted and
+    health says so."""
     class WrongShape(Raising):
         def infer(self, batch):
             return self.inner.infer(batch)[:, :1]
 
     with Segmenter(tiny_model, backend=WrongShape(tiny_model), tile=92, warmup=False) as s:
-        with pytest.raises(BackendError, match=f"^{tiny_model}.*backend fake-gpu failed"):
+        with pytest.raises(BackendError, match=f"^{tiny_model}.*backend fake-gpu failed "
+                                               r"\(backend returned shape \(4, 1, "):
             s(frame)
         h = s.health()
         assert h["status"] == "failed" and h["failures"] == 1

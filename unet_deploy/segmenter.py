@@ -341,8 +341,10 @@ class Segmenter:
         with self._state_lock:
             new = min(self._max_batch, n // 2)  # >= 1: only called for n > 1
             self._max_batch = new
+        # No stacklevel: this runs inside the pipeline, at a varying depth and perhaps on its
+        # backend thread, so no frame of the caller's code can be pointed at.
         warnings.warn(f"backend out of memory at batch {n} ({_one_line(exc)}); retrying with "
-                      f"batch {new}", RuntimeWarning, stacklevel=3)
+                      f"batch {new}", RuntimeWarning)
 
     def _fallback_to_cpu(self, failed_backend, exc: BaseException) -> bool:
         """Switch to ONNX Runtime on the CPU after an OOM at batch 1. True when switched (or
@@ -363,7 +365,7 @@ class Segmenter:
             self.backend_name = cpu.name
             self._fallback = f"out of memory on {failed_backend.name} at batch 1: {_one_line(exc)}"
         warnings.warn(f"backend {failed_backend.name} out of memory at batch 1; falling back to "
-                      f"onnxruntime on the CPU", RuntimeWarning, stacklevel=3)
+                      f"onnxruntime on the CPU", RuntimeWarning)  # no stacklevel: see above
         try:
             failed_backend.deactivate()
         except Exception:  # noqa: BLE001
