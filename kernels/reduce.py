@@ -29,11 +29,12 @@ def _mode_2x2(a, out):
             c0 = 2 * j
             c1 = min(c0 + 1, width - 1)
             v0, v1, v2, v3 = top[c0], top[c1], bottom[c0], bottom[c1]
-            # count of each value among the four (itself included); the first maximum wins
+            # Count each value at its first position and after it; the first maximum wins. A
+            # value that also occurs earlier never wins (its first position has the full count
+            # and comes first), so counting only rightwards is enough -- and v3 never wins.
             n0 = 1 + (v0 == v1) + (v0 == v2) + (v0 == v3)
-            n1 = 1 + (v1 == v0) + (v1 == v2) + (v1 == v3)
-            n2 = 1 + (v2 == v0) + (v2 == v1) + (v2 == v3)
-            # v3 never wins: if it occurs earlier, that position has its count and comes first
+            n1 = 1 + (v1 == v2) + (v1 == v3)
+            n2 = 1 + (v2 == v3)
             best, value = n0, v0
             if n1 > best:
                 best, value = n1, v1
