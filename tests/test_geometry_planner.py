@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -55,6 +57,7 @@ def test_grid_covers_image_exactly_once(h, w, depth, k):
     for step, cells in ((plan.out_h, plan.rows), (plan.out_w, plan.cols)):
         assert cells == 1 or step % 2**depth == 0
     assert plan.tile_h <= tile and g.is_legal(plan.tile_h) and g.is_legal(plan.tile_w)
+    assert all(type(v) is int for v in dataclasses.astuple(plan))  # sizes and offsets, no floats
     # a band is exactly the rows its tile row writes
     assert sum(b - a for a, b in (plan.band(r) for r in range(plan.rows))) == h
 
@@ -63,6 +66,12 @@ def test_grid_covers_image_exactly_once(h, w, depth, k):
 def test_odd_shapes(shape):
     plan = plan_tiles(*shape, Geometry(4), 572)
     assert (coverage(plan) == 1).all()
+
+
+def test_empty_image_is_refused():
+    for shape in ((0, 5), (5, 0)):
+        with pytest.raises(ValueError, match="at least 1x1"):
+            plan_tiles(*shape, Geometry(2), 60)
 
 
 def test_small_image_gets_small_tile():
@@ -89,3 +98,4 @@ def test_illegal_tile_is_explained():
 def test_repr_is_readable():
     r = repr(plan_tiles(20000, 20000, Geometry(4), 1052))
     assert "1052x1052" in r and "868x868" in r and "step 864x864" in r and "576 tiles" in r
+    assert "halo=92/92" in r

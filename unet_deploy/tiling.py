@@ -34,8 +34,8 @@ class TilePlan:
     out_w: int
     halo_y: int
     halo_x: int
-    net_h: int = 0  # the network's output for one tile (>= out_h)
-    net_w: int = 0
+    net_h: int  # the network's output for one tile (>= out_h)
+    net_w: int
 
     @property
     def rows(self) -> int:
@@ -105,10 +105,6 @@ def plan_tiles(image_h: int, image_w: int, geo: Geometry, tile: int | tuple[int,
     oh, ow = geo.output_size(th), geo.output_size(tw)
     return TilePlan(image_h, image_w, th, tw, _step(geo, oh, image_h, th),
                     _step(geo, ow, image_w, tw), (th - oh) // 2, (tw - ow) // 2, oh, ow)
-
-
-def legal_tiles(geo: Geometry, lo: int = 1, hi: int = 2048) -> list[int]:
-    return geo.legal_sizes(lo, hi)
 
 
 # ----------------------------------------------------------------- cost-optimal planning
