@@ -36,6 +36,7 @@ Guarantees
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import warnings
@@ -125,11 +126,8 @@ class _GuardedBackend:
         backend, lock = seg._backend, seg._infer_lock
         labels = labels and bool(backend.computes_labels)
         try:
-            if lock is None:
+            with lock or contextlib.nullcontext():
                 out = backend.infer(batch, labels=True) if labels else backend.infer(batch)
-            else:
-                with lock:
-                    out = backend.infer(batch, labels=True) if labels else backend.infer(batch)
         except Exception as exc:  # noqa: BLE001 - every backend failure is handled here
             if is_out_of_memory(exc):
                 if n > 1:
