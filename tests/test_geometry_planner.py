@@ -91,8 +91,10 @@ def test_paper_tile_steps_by_multiple_of_16():
 
 
 def test_illegal_tile_is_explained():
-    with pytest.raises(ValueError, match="nearest legal"):
+    with pytest.raises(ValueError, match="nearest legal sizes: 572 or 588$"):
         plan_tiles(1000, 1000, Geometry(4), 573)
+    with pytest.raises(ValueError, match="nearest legal sizes: 60 or 62$"):
+        plan_tiles(100, 100, Geometry(1), 61)  # legal sizes 2 apart
 
 
 def test_repr_is_readable():

@@ -92,3 +92,36 @@ def test_a_non_native_array_is_read_as_native_bands(image, monkeypatch):
     assert band.dtype == np.dtype("=u2") and row0 == 1 * plan.out_h - plan.halo_y
     np.testing.assert_array_equal(band, image[row0 : row0 + plan.tile_h])
     assert released == []
+
+
+def reference_tiles(image, plan, ids):
+    """Each tile cut from the mirror-padded image with plain slicing (np.pad 'reflect')."""
+    pad = max(plan.tile_h, plan.tile_w)
+    padded = np.pad(image[..., 0].astype(np.float32), pad, mode="reflect")
+    tiles = []
+    for t in ids:
+        r, c = divmod(int(t), plan.cols)
+        y, x = r * plan.out_h - plan.halo_y + pad, c * plan.out_w - plan.halo_x + pad
+        tiles.append(padded[y : y + plan.tile_h, x : x + plan.tile_w])
+    return np.stack(tiles)[:, None]
+
+
+@pytest.mark.parametrize("order", ["consecutive", "rows interleaved"])
+@pytest.mark.parametrize("threads", [None, 3])
+def test_gather_batch_puts_each_tile_in_its_slot(image, order, threads):
+    from unet_deploy.normalize import Preprocess
+    from unet_deploy.workers import Workers
+
+    plan = plan_tiles(150, 70, GEO, 60)
+    assert plan.rows > 2 and plan.cols > 1
+    ids = np.arange(plan.n_tiles)
+    if order == "rows interleaved":  # a row's tiles are not one slice of the batch
+        ids = np.random.default_rng(1).permutation(ids)
+    one = np.ones(1, np.float32)
+    prep = Preprocess(one[None], one * 0, one)
+    out = np.full((len(ids) + 2, 1, plan.tile_h, plan.tile_w), -1, np.float32)
+    workers = Workers(threads) if threads else None
+    got = tiling.gather_batch(RowSource(ArrayReader(image), plan), plan, ids, prep, out, workers)
+    assert got.shape[0] == len(ids)
+    np.testing.assert_array_equal(got, reference_tiles(image, plan, ids))
+    assert (out[len(ids):] == -1).all()  # spare slots untouched

@@ -50,16 +50,13 @@ class BandMerger:
         if classes and self.output != "labels":
             raise ValueError(f"class maps cannot give {self.output} output; the backend must "
                              f"return probabilities")
-        rows, columns = np.divmod(tile_ids, self.plan.cols)
         workers = workers or Workers(1)
-        for row in np.unique(rows):
-            sel = np.flatnonzero(rows == row)
-            # A batch holds consecutive tiles, so a row's tiles are a slice: no copy.
-            part = out[sel[0] : sel[-1] + 1] if sel[-1] - sel[0] + 1 == len(sel) else out[sel]
-            ys, xs = self.plan.out_origins(int(row))
-            ys, xs = ys[columns[sel]], xs[columns[sel]]
-            band = self._band(int(row))
-            row0 = int(row) * self.plan.out_h
+        for row, where, columns in self.plan.by_row(tile_ids):
+            part = out[where]  # a view when the row's tiles are consecutive in the batch
+            ys, xs = self.plan.out_origins(row)
+            ys, xs = ys[columns], xs[columns]
+            band = self._band(row)
+            row0 = row * self.plan.out_h
 
             def stitch(span, part=part, ys=ys, xs=xs, band=band, row0=row0):
                 a, b = span
@@ -69,7 +66,7 @@ class BandMerger:
                     self.stitch(part, ys, xs, band[a:b], row0 + a)
 
             workers.run(stitch, split(band.shape[0], workers.threads))
-            self.filled[int(row)] += len(sel)
+            self.filled[row] += len(columns)
 
     def pop_complete(self):
         """Yield finished bands in image order."""

@@ -59,6 +59,17 @@ class TilePlan:
         ys, xs = self.out_origins(row)
         return ys - self.halo_y, xs - self.halo_x
 
+    def by_row(self, ids: np.ndarray):
+        """For each tile row that tiles ``ids`` (row-major indices) touch, in order: the row,
+        where its tiles sit in ``ids`` (a slice when they are consecutive, as in a batch of
+        consecutive tiles, so arrays indexed with it are views; else an index array), and
+        their columns."""
+        rows, columns = np.divmod(ids, self.cols)
+        for row in np.unique(rows):
+            sel = np.flatnonzero(rows == row)
+            where = slice(sel[0], sel[-1] + 1) if sel[-1] - sel[0] + 1 == len(sel) else sel
+            yield int(row), where, columns[sel]
+
     def band(self, row: int) -> tuple[int, int]:
         """Image rows [y0, y1) that tile row ``row`` writes."""
         y0 = row * self.out_h
@@ -313,20 +324,19 @@ def gather_batch(source: RowSource, plan: TilePlan, ids: np.ndarray, prep,
     from .workers import Workers, split
 
     workers = workers or Workers(1)
-    rows = ids // plan.cols
-    for row in np.unique(rows):
-        sel = np.flatnonzero(rows == row)
-        ys, xs = plan.in_origins(int(row))
-        cols = ids[sel] % plan.cols
-        ys, xs = ys[cols], xs[cols]
-        src, row0 = source.rows_for(int(row))
-        # Tiles of one row are contiguous in ids, so out[sel] is a contiguous slice.
-        dest = out[sel[0] : sel[-1] + 1]
+    for row, where, columns in plan.by_row(ids):
+        ys, xs = plan.in_origins(row)
+        ys, xs = ys[columns], xs[columns]
+        src, row0 = source.rows_for(row)
+        in_place = isinstance(where, slice)  # else tile rows interleave in ids: a scratch buffer
+        dest = out[where] if in_place else np.empty_like(out[where])
 
         def gather(span, src=src, row0=row0, ys=ys, xs=xs, dest=dest):
             a, b = span
             gather_tiles(src, row0, plan.image_h, ys[a:b], xs[a:b], prep.mix, prep.offset,
                          prep.scale, dest[a:b])
 
-        workers.run(gather, split(len(sel), workers.threads))
+        workers.run(gather, split(len(columns), workers.threads))
+        if not in_place:
+            out[where] = dest
     return out[: len(ids)]
