@@ -90,6 +90,13 @@ def test_paper_tile_steps_by_multiple_of_16():
     assert (plan.net_h, plan.out_h, plan.halo_y) == (388, 384, 92)
 
 
+def test_exact_tiles_are_not_shrunk_but_must_be_legal():
+    plan = plan_tiles(10, 10, Geometry(4), 572, shrink=False)
+    assert (plan.tile_h, plan.tile_w, plan.n_tiles) == (572, 572, 1)
+    with pytest.raises(ValueError, match="not legal"):
+        plan_tiles(10, 10, Geometry(4), (572, 573), shrink=False)
+
+
 def test_illegal_tile_is_explained():
     with pytest.raises(ValueError, match="nearest legal sizes: 572 or 588$"):
         plan_tiles(1000, 1000, Geometry(4), 573)

@@ -100,6 +100,18 @@ def test_memory_cap_limits_the_tile():
     assert plan_memory(info, four, 4) <= 1 << 30
 
 
+def test_memory_cap_is_inclusive_and_a_batch_below_one_counts_as_one():
+    info = ModelInfo(depth=4, base=16, classes=["background", "interior", "border"])
+    best = choose_plan(8000, 8000, info, batch=2, memory=1 << 50)
+    need = plan_memory(info, best, 2)
+    assert choose_plan(8000, 8000, info, batch=2, memory=need) == best  # exactly fits
+    assert choose_plan(8000, 8000, info, batch=2, memory=need - 1) != best
+    one = choose_plan(8000, 8000, info, batch=1, memory=256 << 20)
+    assert one != choose_plan(8000, 8000, info, batch=2, memory=256 << 20)  # batch matters here
+    for batch in (0, -3):
+        assert choose_plan(8000, 8000, info, batch=batch, memory=256 << 20) == one
+
+
 def test_tile_override_and_backend_limit():
     info = info_of(depth=2)
     assert plan_for(500, 500, info, tile=92) == plan_tiles(500, 500, info.geometry, 92)

@@ -125,3 +125,15 @@ def test_gather_batch_puts_each_tile_in_its_slot(image, order, threads):
     assert got.shape[0] == len(ids)
     np.testing.assert_array_equal(got, reference_tiles(image, plan, ids))
     assert (out[len(ids):] == -1).all()  # spare slots untouched
+
+
+def test_by_row_gives_slices_for_consecutive_tiles_and_indices_otherwise():
+    plan = plan_tiles(150, 70, GEO, 60)
+    cols = plan.cols
+    assert cols > 1
+    got = [(r, w, c.tolist()) for r, w, c in plan.by_row(np.arange(1, cols + 2))]
+    assert got == [(0, slice(0, cols - 1), list(range(1, cols))),
+                   (1, slice(cols - 1, cols + 1), [0, 1])]
+    got = [(r, w.tolist(), c.tolist()) for r, w, c in
+           plan.by_row(np.array([cols, 0, cols + 1, 1]))]  # rows interleaved
+    assert got == [(0, [1, 3], [0, 1]), (1, [0, 2], [0, 1])]

@@ -255,7 +255,7 @@ def choose_plan(image_h: int, image_w: int, info: ModelInfo, batch: int = 1, *,
         i, j = np.unravel_index(np.lexsort((area.ravel(), key.ravel()))[0], key.shape)
     else:
         i, j = np.unravel_index(np.argmin(mem), mem.shape)
-    return plan_tiles(image_h, image_w, geo, (int(ty[i]), int(tx[j])), shrink=False)
+    return plan_tiles(image_h, image_w, geo, (int(ty[i]), int(tx[j])))  # sides <= cover
 
 
 def max_tile_of(backend) -> int | None:
