@@ -483,6 +483,28 @@ def test_writer_refuses_overwrite_and_bad_bands(tmp_path):
     assert (tifffile.imread(tmp_path / "d.tif") == 7).all()
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16])
+def test_writer_takes_the_whole_range_of_its_dtype_and_nothing_beyond(tmp_path, dtype):
+    info = np.iinfo(dtype)
+    edges = np.array([[info.min, info.max]] * 4, np.int64)
+    with TiffBandWriter(tmp_path / "ok.tif", (), 4, 2, 1, dtype, tile=16) as w:
+        w.write_band(edges)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "ok.tif"), edges)
+    for beyond in (info.min - 1, info.max + 1):
+        with pytest.raises(ValueError, match="fit"):
+            with TiffBandWriter(tmp_path / "no.tif", (), 4, 2, 1, dtype, tile=16) as w:
+                w.write_band(np.full((4, 2), beyond, np.int64))
+    assert not (tmp_path / "no.tif").exists()
+
+
+def test_a_plain_output_has_no_sub_resolutions(tmp_path):
+    """SubIFDs are only for the pyramidal OME-TIFF writer (ome_tiff.py)."""
+    with TiffBandWriter(tmp_path / "o.tif", (), 16, 16, 1, np.uint8, tile=16) as w:
+        w.write_band(np.ones((16, 16), np.uint8))
+    with tifffile.TiffFile(tmp_path / "o.tif") as tif:
+        assert "SubIFDs" not in tif.pages[0].tags and len(tif.pages) == 1
+
+
 def test_writer_disk_full(tmp_path, monkeypatch):
     out = tmp_path / "o.tif"
     real_write = tifffile.FileHandle.write
@@ -519,6 +541,13 @@ def test_writer_refuses_an_empty_output(tmp_path, size):
     h, w, samples = size
     with pytest.raises(ValueError, match="invalid output size"):
         TiffBandWriter(tmp_path / "o.tif", (), h, w, samples, np.uint8)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("lead", [(0,), (3, 0)])
+def test_writer_refuses_an_empty_stack(tmp_path, lead):
+    with pytest.raises(ValueError, match="invalid lead_shape"):
+        TiffBandWriter(tmp_path / "o.tif", lead, 10, 10, 1, np.uint8)
     assert os.listdir(tmp_path) == []
 
 
