@@ -257,6 +257,21 @@ def test_two_input_model_fails_at_load(tmp_path):
         read_onnx(path)
 
 
+def test_output_less_model_fails_at_load(tmp_path):
+    """ONNX Runtime loads a graph without outputs; the tiler would fail at the first tile."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, "h", "w"])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    helper.set_model_props(m, {METADATA_KEY: _meta()})
+    path = tmp_path / "no_outputs.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelError, match="expected 1 input and >= 1 output, found 1 and 0"):
+        read_onnx(path)
+
+
 def test_segmenter_refuses_bad_model_at_construction(tmp_path):
     from unet_deploy import Segmenter
 

@@ -497,6 +497,18 @@ def test_writer_takes_the_whole_range_of_its_dtype_and_nothing_beyond(tmp_path, 
     assert not (tmp_path / "no.tif").exists()
 
 
+def test_bands_of_another_dtype_are_converted(tmp_path):
+    """Integer bands into a float output are converted (no integer range check applies), and
+    an empty band of another dtype is a no-op."""
+    band = np.array([[0, 255, 7]] * 4, np.uint8)
+    with TiffBandWriter(tmp_path / "f.tif", (), 4, 3, 1, np.float32, tile=16) as w:
+        w.write_band(np.zeros((0, 3), np.int64))
+        w.write_band(band)
+    got = tifffile.imread(tmp_path / "f.tif")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, band.astype(np.float32))
+
+
 def test_a_plain_output_has_no_sub_resolutions(tmp_path):
     """SubIFDs are only for the pyramidal OME-TIFF writer (ome_tiff.py)."""
     with TiffBandWriter(tmp_path / "o.tif", (), 16, 16, 1, np.uint8, tile=16) as w:
