@@ -53,3 +53,17 @@ def test_operator_patterns_match_real_operators():
     names = list(cosmic_ray.operator_names())
     for pattern in CONFIG["operators"]["allow"]:
         assert any(re.fullmatch(pattern, n) for n in names), f"{pattern} matches no operator"
+
+
+def test_annotation_spans_only_where_annotations_are_never_evaluated():
+    run = _run_module()
+    body = ("def f(a: int | None, *, b: list[str] = None) -> dict | None:\n"
+            "    c: int | None = a | 1\n"
+            "    return {c: b}\n")
+    spans = run.annotation_spans("from __future__ import annotations\n" + body)
+    lines = ("\n" + body).splitlines()
+    found = sorted(lines[a[0] - 1][a[1]:b[1]] for a, b in spans)
+    assert found == ["dict | None", "int | None", "int | None", "list[str]"]
+    # the expression `a | 1` (line 3) is code, not an annotation: its mutants still run
+    assert not any(a[0] == 3 and a[1] >= 20 for a, _ in spans)
+    assert run.annotation_spans(body) == []  # evaluated at import: mutants there are real

@@ -70,7 +70,7 @@ class BandMerger:
 
     def pop_complete(self):
         """Yield finished bands in image order."""
-        while self.filled.get(self.next_row, 0) == self.plan.cols:
+        while self.filled.get(self.next_row) == self.plan.cols:  # None: nothing added yet
             del self.filled[self.next_row]
             yield self.bands.pop(self.next_row)
             self.next_row += 1

@@ -153,7 +153,8 @@ def _check_io(path: str, sess, info: ModelInfo) -> None:
     if len(inputs) != 1 or len(outputs) < 1:
         raise ModelError(f"{path}: expected 1 input and >= 1 output, found "
                          f"{len(inputs)} and {len(outputs)}")
-    shape, kind = inputs[0].shape, inputs[0].type
+    (inp,) = inputs
+    shape, kind = inp.shape, inp.type
     if len(shape) != 4:
         raise ModelError(f"{path}: input must be (batch, channels, height, width), found {shape}")
     if kind != "tensor(float)":

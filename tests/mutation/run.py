@@ -98,10 +98,30 @@ def definition_lines(source: str, names: list[str]) -> list[tuple[int, int]]:
     return [found[n] for n in names]
 
 
+def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) positions of every annotation in a module that has ``from __future__
+    import annotations`` (there they are strings, never evaluated); none otherwise."""
+    tree = ast.parse(source)
+    if not any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+               and any(a.name == "annotations" for a in n.names) for n in tree.body):
+        return []
+    notes = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            notes.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns:
+            notes.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            notes.append(node.annotation)
+    return [((n.lineno, n.col_offset), (n.end_lineno, n.end_col_offset)) for n in notes]
+
+
 def apply_filters(session: Path, tree: Path, module: dict, allow: list[str]) -> None:
     """Mark as skipped the mutants of operators not allowed, those in ``@numba.njit(...)``
     options (cache/nogil change compile caching and GIL release, never results: equivalent by
-    construction, like the RemoveDecorator operator left out in config.toml), and those
+    construction, like the RemoveDecorator operator left out in config.toml), those inside
+    annotations of modules with ``from __future__ import annotations`` (``X | None`` ->
+    ``X & None`` in a string nothing evaluates: equivalent by construction), and those
     outside the module's ``only`` definitions."""
     import re
 
@@ -111,6 +131,7 @@ def apply_filters(session: Path, tree: Path, module: dict, allow: list[str]) -> 
     allowed = re.compile("|".join(f"(?:{a})" for a in allow))
     ranges = {p: definition_lines((tree / p).read_text(), module["only"])
               for p in module["paths"]} if module.get("only") else None
+    notes = {p: annotation_spans((tree / p).read_text()) for p in module["paths"]}
     with use_db(str(session)) as db:
         for item in list(db.pending_work_items):
             m = item.mutations[0]
@@ -120,6 +141,8 @@ def apply_filters(session: Path, tree: Path, module: dict, allow: list[str]) -> 
                 why = "operator not in the allow-list"
             elif line.strip().startswith("@numba.njit("):
                 why = "a JIT option (speed only)"
+            elif any(a <= tuple(m.start_pos) < b for a, b in notes[str(m.module_path)]):
+                why = "inside an annotation (never evaluated)"
             elif ranges is not None and not any(
                     a <= m.start_pos[0] <= b for a, b in ranges[str(m.module_path)]):
                 why = "outside the guarded definitions"
