@@ -110,6 +110,7 @@ def test_memory_cap_is_inclusive_and_a_batch_below_one_counts_as_one():
     assert one != choose_plan(8000, 8000, info, batch=2, memory=256 << 20)  # batch matters here
     for batch in (0, -3):
         assert choose_plan(8000, 8000, info, batch=batch, memory=256 << 20) == one
+    assert plan_for(8000, 8000, info, memory=256 << 20) == one  # plan_for's default: batch 1
 
 
 def test_tile_override_and_backend_limit():
