@@ -143,3 +143,13 @@ def test_tile_origins_must_be_1d_and_paired(fn):
                    (np.zeros((2, 1), np.int64), np.zeros((2, 1), np.int64))):  # equal, 2-D
         with pytest.raises(ValueError, match="1-D arrays of equal length"):
             fn(image, 0, 30, ys, xs, one[None], one, one, out)
+
+
+@pytest.mark.parametrize("fn", [gather_tiles, gather_tiles_numpy])
+def test_more_tiles_than_slots_is_refused(fn):
+    """The kernel does not bounds-check: writing a tile past the batch buffer is refused."""
+    image = np.zeros((30, 8, 1), np.float32)
+    one = np.ones(1, np.float32)
+    out = np.empty((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="fewer slots than tiles"):
+        fn(image, 0, 30, np.array([0, 4]), np.array([0, 0]), one[None], one, one, out)

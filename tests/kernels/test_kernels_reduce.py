@@ -43,3 +43,11 @@ def test_mode_2x2_ties_keep_top_left_and_views_work():
         mode_2x2(np.zeros((3, 4), np.uint8))
     with pytest.raises(ValueError, match="integer"):
         mode_2x2(np.zeros((2, 4), np.float32))
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 5), (0, 0)])
+def test_mode_2x2_of_an_empty_array_is_empty(shape):
+    want = (shape[0] // 2, -(-shape[1] // 2))
+    for fn in (mode_2x2, mode_2x2_numpy):
+        got = fn(np.zeros(shape, np.uint16))
+        assert got.shape == want and got.dtype == np.uint16, fn.__name__
