@@ -82,7 +82,7 @@ def _stitch_labels(probs, ys, xs, out, row0):
                     take = (v > cur) | ((v != v) & (cur == cur))
                     best[j] = v if take else cur
                     arg[j] = k if take else arg[j]
-            dst = out[y + i - row0, x + j0 : x + j1]
+            dst = out[y + i - row0, x + j0 :]  # the row from x + j0 on (n pixels written)
             for j in range(n):
                 dst[j] = arg[j]
 
@@ -110,7 +110,7 @@ def _stitch_classes(classes, ys, xs, out, row0):
             continue
         for i in range(i0, i1):
             src = classes[b, i, j0:j1]
-            dst = out[y + i - row0, x + j0 : x + j1]
+            dst = out[y + i - row0, x + j0 :]  # the row from x + j0 on (src written)
             for j in range(src.shape[0]):
                 dst[j] = src[j]
 

@@ -137,6 +137,9 @@ def test_stitch_classes_rejects_bad_input():
             fn(np.zeros((1, 2, 2), np.float32), np.array([0]), np.array([0]), out, 0)
         with pytest.raises(ValueError, match="do not fit"):
             fn(np.zeros((1, 2, 2), np.uint16), np.array([0]), np.array([0]), out, 0, 300)
+        for bad_out in (np.zeros((2, 2), np.float32), np.zeros((2, 2, 1), np.uint8)):
+            with pytest.raises(ValueError, match="out must be 2-D uint8/uint16/int32"):
+                fn(np.zeros((1, 2, 2), np.uint8), np.array([0]), np.array([0]), bad_out, 0)
 
 
 def test_labels_kernel_equals_numpy_argmax_on_random_floats():
