@@ -106,6 +106,21 @@ def test_int8_model_keeps_metadata_and_segments(decisive_model, blob_images, mak
     assert 0.02 < a.mean() < 0.98 and np.mean(a == b) > 0.99  # mixed labels, still agree
 
 
+def test_cpu_int8_weights_use_7_bits_and_tensorrt_int8_uses_8(decisive_model, blob_images):
+    """u8 activations (CPU) get 7-bit weights: without VNNI, ONNX Runtime sums u8 x s8
+    products in saturating int16. TensorRT's symmetric s8 path keeps the full 8 bits."""
+    from onnx import numpy_helper
+
+    from unet_deploy.quantize import quantize_qdq
+
+    tiles = calibration_tiles(blob_images, read_onnx(decisive_model).info, None, 4, seed=0)
+    for symmetric, limit in ((False, 64), (True, 127)):
+        q = quantize_qdq(onnx.load(str(decisive_model)), tiles, symmetric=symmetric)
+        weights = [numpy_helper.to_array(t).astype(int) for t in q.graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and t.dims]
+        assert weights and max(int(abs(w).max()) for w in weights) == limit
+
+
 def test_gate_failure_writes_nothing(decisive_model, hot_blob_images, tmp_path):
     """A real gate failure at the default threshold: saturated hot pixels in the calibration
     images stretch the INT8 ranges; the measured agreement (~93 %) is below 99.5 % (and far

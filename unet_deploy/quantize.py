@@ -113,8 +113,11 @@ def quantize_qdq(proto, tiles: np.ndarray, symmetric: bool = True, per_channel: 
         quantize_static(
             str(src), str(dst), TileReader(tiles, proto.graph.input[0].name),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            # u8 activations / s8 weights is ONNX Runtime's fast x86 path (VNNI); TensorRT
-            # needs symmetric s8 activations
+            # u8 activations / s8 weights is ONNX Runtime's fast x86 path; TensorRT needs
+            # symmetric s8 activations. On x86 CPUs without VNNI (AVX2 only) u8 x s8 products
+            # are summed in saturating int16: 7-bit weights avoid that (measured on an AVX2
+            # EPYC: 99.33 % -> 99.66 % label agreement), and an INT8 file may run on any CPU.
+            reduce_range=not symmetric,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["Conv", "ConvTranspose", "MaxPool", "Relu", "Slice",
