@@ -15,21 +15,23 @@ from unet_deploy.kernels import (
 )
 
 LABEL_DTYPES = [np.uint8, np.uint16, np.int32]
+MARGIN = 8
 
 
 def _canvas_paste(tiles, ys, xs, h, w, row0, band_rows, fill, accumulate=False):
     """Independent reference: paste (B, oh, ow, ...) tiles into an oversized
     canvas with plain slicing, then crop to the band and the image width."""
     b, oh, ow = tiles.shape[:3]
-    big = np.full((h + oh + 64, w + ow + 64) + tiles.shape[3:], fill, dtype=np.float64)
+    m = MARGIN  # tiles may start up to MARGIN pixels above/left of the image
+    big = np.full((h + oh + 64 + m, w + ow + 64 + m) + tiles.shape[3:], fill, dtype=np.float64)
     if accumulate:
         big[...] = 0
     for t, y, x in zip(tiles, ys, xs):
         if accumulate:
-            big[y : y + oh, x : x + ow] += t
+            big[m + y : m + y + oh, m + x : m + x + ow] += t
         else:
-            big[y : y + oh, x : x + ow] = t
-    return big[row0 : row0 + band_rows, :w]
+            big[m + y : m + y + oh, m + x : m + x + ow] = t
+    return big[m + row0 : m + row0 + band_rows, m : m + w]
 
 
 @st.composite
@@ -40,8 +42,9 @@ def stitch_case(draw):
     ow = draw(st.integers(1, 64))
     k = draw(st.integers(1, 5))
     n = draw(st.integers(1, 5))
-    ys = draw(st.lists(st.integers(0, h + 8), min_size=n, max_size=n))
-    xs = draw(st.lists(st.integers(0, w + 8), min_size=n, max_size=n))
+    # origins also above/left of the image: the crop's j0/i0 > 0 paths
+    ys = draw(st.lists(st.integers(-MARGIN, h + 8), min_size=n, max_size=n))
+    xs = draw(st.lists(st.integers(-MARGIN, w + 8), min_size=n, max_size=n))
     row0 = draw(st.integers(0, h - 1))
     band_rows = draw(st.integers(1, h - row0))
     seed = draw(st.integers(0, 2**32 - 1))
@@ -163,7 +166,8 @@ def test_class_count_boundary_of_the_output_dtype(out_dtype, fits, too_many):
         probs[0, fits - 1, 0, 1] = 1.0  # the last class wins at one pixel
         got = fn(probs, ys, xs, np.zeros((1, 2), out_dtype))  # row0 defaults to 0
         np.testing.assert_array_equal(got, [[0, fits - 1]])
-        with pytest.raises(ValueError, match="do not fit"):
+        with pytest.raises(ValueError, match=f"^{too_many} classes do not fit in "
+                                             f"{np.dtype(out_dtype)}$"):
             fn(np.zeros((1, too_many, 1, 2), np.float32), ys, xs, np.zeros((1, 2), out_dtype))
     classes = np.array([[[0, fits - 1]]], np.int32)
     for fn in (stitch_classes, stitch_classes_numpy):
