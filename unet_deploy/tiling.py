@@ -329,7 +329,7 @@ def gather_batch(source: RowSource, plan: TilePlan, ids: np.ndarray, prep,
         ys, xs = ys[columns], xs[columns]
         src, row0 = source.rows_for(row)
         in_place = isinstance(where, slice)  # else tile rows interleave in ids: a scratch buffer
-        dest = out[where] if in_place else np.empty_like(out[where])
+        dest = out[where] if in_place else np.empty((len(columns),) + out.shape[1:], out.dtype)
 
         def gather(span, src=src, row0=row0, ys=ys, xs=xs, dest=dest):
             a, b = span
