@@ -35,6 +35,9 @@ RECIPES = {
     ),
 }
 
+# zoom +-20 % (the pixel-size shift), blur up to 1.5 px, noise up to 5 % of the range
+ROBUST = dict(scale_aug=0.2, blur_aug=1.5, noise_aug=0.05)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -44,9 +47,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
     ap.add_argument("--lr", type=float, default=None, help="override lr (e.g. a decay phase)")
+    ap.add_argument("--init", default=None, help="start from these weights (train --init)")
+    ap.add_argument("--robust", action="store_true",
+                    help=f"robustness augmentation on top of elastic: {ROBUST}")
     args = ap.parse_args()
     recipe = dict(RECIPES[args.recipe])
-    recipe.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
+    recipe.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("init", args.init))
+                   if v is not None})
+    if args.robust:
+        recipe.update(ROBUST)
     cfg = TrainConfig(out=args.out or f"runs/{args.recipe}", threads=args.threads,
                       max_minutes=args.minutes, norm=Normalization(), **recipe)
     print(json.dumps({k: v for k, v in vars(cfg).items() if k != "norm"}), file=sys.stderr)
