@@ -44,6 +44,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default="none,flips")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--model", type=Path, default=ROOT / "models" / "em-membranes.onnx")
+    ap.add_argument("--folder", type=Path, default=None,
+                    help="its tta_probs/tune cache (default: runs/tta/em-membranes)")
     args = ap.parse_args()
     from tta_probs import cache_dir, split_from_card
     from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
@@ -53,10 +56,11 @@ def main() -> None:
     from unet_deploy.train.data import to_instances as label_instances
 
     (_, val), _ = split_from_card("em-membranes")
-    tuning = json.loads((cache_dir("em-membranes") / "tuning.json").read_text())
+    folder = args.folder or cache_dir("em-membranes")
+    tuning = json.loads((folder / "tuning.json").read_text())
     rng = np.random.default_rng(0)
     results = {}
-    with OnnxRuntimeBackend(ROOT / "models" / "em-membranes.onnx", threads=args.threads) as be:
+    with OnnxRuntimeBackend(args.model, threads=args.threads) as be:
         base_info = dataclasses.replace(be.info, tta="none")
         for mode in args.modes.split(","):
             settings = {"components": tuning["components"][mode], "watershed":
@@ -78,7 +82,7 @@ def main() -> None:
     summary = {m: {meth: {v: {k: float(np.mean(x)) for k, x in d.items()}
                           for v, d in by_v.items()} for meth, by_v in by_m.items()}
                for m, by_m in results.items()}
-    out = cache_dir("em-membranes") / "shift.json"
+    out = folder / "shift.json"
     out.write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 

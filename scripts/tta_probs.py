@@ -2,6 +2,7 @@
 
     python scripts/tta_probs.py nuclei --train 30          # -> runs/tta/nuclei/*.npz
     python scripts/tta_probs.py em-membranes --train 24
+    python scripts/tta_probs.py nuclei --model runs/nuclei-ft/nuclei.onnx --out runs/tta/nuclei-ft
 
 For every image and each of the 8 dihedral transforms ``t`` this stores what the deployment path
 computes with only that transform (``TTABackend`` restricted to ``[t]`` through
@@ -86,8 +87,11 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("--train", type=int, default=30, help="training images to cache")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a candidate ONNX file (default: models/NAME.onnx), same split")
+    ap.add_argument("--out", type=Path, default=None, help="cache folder (default: runs/tta/NAME)")
     args = ap.parse_args()
-    print(compute(args.name, args.train, args.threads))
+    print(compute(args.name, args.train, args.threads, args.model, args.out))
 
 
 if __name__ == "__main__":

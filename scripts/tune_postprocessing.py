@@ -78,13 +78,13 @@ def objective_of(true: np.ndarray, pred: np.ndarray, method: str) -> float:
 
 
 def tune(name: str, folder: Path | None = None, modes=MODES, grids=None,
-         out_name: str = "tuning.json") -> dict:
+         out_name: str = "tuning.json", model: Path | None = None) -> dict:
     from unet_deploy.instances import remove_small
     from unet_deploy.model_store import read_onnx
     from unet_deploy.train.data import to_instances as label_instances
 
     (train, val), cfg = split_from_card(name)
-    info = read_onnx(ROOT / "models" / f"{name}.onnx").info
+    info = read_onnx(model or ROOT / "models" / f"{name}.onnx").info
     truth = {"train": [label_instances(lab, cfg["label_kind"]) for _, _, lab in train],
              "val": [label_instances(lab, cfg["label_kind"]) for _, _, lab in val]}
     methods = ["three_class"] if info.instance_scheme == "three_class" else \
@@ -145,17 +145,21 @@ def main() -> None:
                     help="write this mode and its training-chosen settings into the model")
     ap.add_argument("--modes", default=",".join(MODES), help="TTA modes to tune")
     ap.add_argument("--ext", action="store_true", help="the finer nuclei grid (GRIDS_EXT)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a candidate ONNX file (default: models/NAME.onnx); --apply writes it")
+    ap.add_argument("--folder", type=Path, default=None,
+                    help="the tta_probs.py cache of that model (default: runs/tta/NAME)")
     args = ap.parse_args()
-    result = tune(args.name, modes=tuple(args.modes.split(",")),
+    result = tune(args.name, args.folder, modes=tuple(args.modes.split(",")),
                   grids=GRIDS_EXT if args.ext else None,
-                  out_name="tuning_ext.json" if args.ext else "tuning.json")
+                  out_name="tuning_ext.json" if args.ext else "tuning.json", model=args.model)
     if args.apply:
         from unet_deploy.export import update_metadata
 
+        target = args.model or ROOT / "models" / f"{args.name}.onnx"
         chosen = result["modes"][args.apply]
-        update_metadata(ROOT / "models" / f"{args.name}.onnx", tta=args.apply,
-                        **chosen["settings"])
-        print(f"models/{args.name}.onnx: tta={args.apply}, {chosen['settings']}")
+        update_metadata(target, tta=args.apply, **chosen["settings"])
+        print(f"{target}: tta={args.apply}, {chosen['settings']}")
 
 
 if __name__ == "__main__":
