@@ -70,8 +70,10 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="markdown appended to the section (a file)")
     ap.add_argument("--verified", default="", help="score_pairs JSON of the shipped model "
                     "through the deployment path (preferred for the main table)")
+    ap.add_argument("--folder", type=Path, default=None,
+                    help="the tta_probs/tune cache (default: runs/tta/NAME)")
     args = ap.parse_args()
-    folder = ROOT / "runs" / "tta" / args.name
+    folder = args.folder or ROOT / "runs" / "tta" / args.name
     tuning = json.loads((folder / "tuning.json").read_text())
     ext = folder / "tuning_ext.json"
     if ext.exists():  # the finer grid's choice wins a mode when it is better on TRAINING images
