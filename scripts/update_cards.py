@@ -73,7 +73,9 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, default=None,
                     help="the tta_probs/tune cache (default: runs/tta/NAME)")
     args = ap.parse_args()
-    folder = args.folder or ROOT / "runs" / "tta" / args.name
+    from tta_probs import cache_dir
+
+    folder = args.folder or cache_dir(args.name)
     tuning = json.loads((folder / "tuning.json").read_text())
     ext = folder / "tuning_ext.json"
     if ext.exists():  # the finer grid's choice wins a mode when it is better on TRAINING images
