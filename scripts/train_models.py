@@ -1,6 +1,7 @@
 """Reproduce the shipped models: `python scripts/train_models.py nuclei|em-membranes [--minutes M]`.
 
-Each recipe is exactly what `unet-deploy train` runs with the flags printed at start-up.
+Each recipe is exactly what `unet-deploy train` runs with the flags printed at start-up;
+`--robust` is `train --scale-aug 0.2 --blur-aug 1.5 --noise-aug 0.05`.
 Runs resume from OUT/last.pt when restarted.
 """
 

@@ -361,6 +361,14 @@ def train(
                                             "| PATH.onnx | PATH.pt (architecture and "
                                             "normalization from it; the head is "
                                             "re-initialised when its classes differ)."),
+    scale_aug: float = typer.Option(0.0, "--scale-aug", min=0.0, max=0.5,
+                                    help="Robustness: zoom by up to +-this fraction (0.2 = "
+                                         "+-20 %, a pixel-size shift). 0 = off (the paper)."),
+    blur_aug: float = typer.Option(0.0, "--blur-aug", min=0.0, max=5.0,
+                                   help="Robustness: Gaussian blur up to this sigma in px."),
+    noise_aug: float = typer.Option(0.0, "--noise-aug", min=0.0, max=0.5,
+                                    help="Robustness: Gaussian noise up to this fraction of the "
+                                         "image range."),
 ):
     """Train a U-Net with the paper's recipe; resumes from OUT/last.pt; exports ONNX at the end."""
     require("train", "train", "torch", "onnx")
@@ -373,7 +381,8 @@ def train(
                       momentum=momentum, batch_size=batch_size, dropout=dropout,
                       batch_norm=batch_norm, w0=w0, sigma=sigma, val_fraction=val_fraction,
                       val_last=val_last, val_every=val_every, seed=seed, threads=threads,
-                      max_minutes=minutes, resume=not no_resume, init=init or "")
+                      max_minutes=minutes, resume=not no_resume, init=init or "",
+                      scale_aug=scale_aug, blur_aug=blur_aug, noise_aug=noise_aug)
     result = run_training(cfg)
     typer.echo(f"{result['onnx']}: step {result['step']}, validation {result['metrics']}")
 

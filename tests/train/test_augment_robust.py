@@ -56,3 +56,34 @@ def test_off_by_default_keeps_the_random_stream():
                        noise=0.0)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_cli_flags_reach_the_training_config(tmp_path):
+    """`unet-deploy train --scale-aug/--blur-aug/--noise-aug` set the recipe's robustness
+    augmentation (recorded in the checkpoint); out-of-range values are refused (exit 2)."""
+    import json
+
+    import pytest
+    import tifffile
+
+    torch = pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from unet_deploy.cli import app
+
+    for sub in ("img", "lab"):
+        (tmp_path / sub).mkdir()
+    for i in range(2):
+        lab = disc((96, 96), 20 + 5 * i).astype(np.uint16)
+        tifffile.imwrite(tmp_path / "img" / f"{i}.tif", (lab * 800 + 100).astype(np.uint16))
+        tifffile.imwrite(tmp_path / "lab" / f"{i}.tif", lab)
+    args = ["train", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+            "--out", str(tmp_path / "run"), "--tile", "92", "--steps", "1", "--depth", "2",
+            "--base", "2", "--val-every", "1", "--threads", "1", "--scheme", "binary"]
+    res = CliRunner().invoke(app, args + ["--scale-aug", "0.2", "--blur-aug", "1.5",
+                                          "--noise-aug", "0.05"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"])
+    assert (cfg["scale_aug"], cfg["blur_aug"], cfg["noise_aug"]) == (0.2, 1.5, 0.05)
+    bad = CliRunner().invoke(app, args + ["--scale-aug", "0.9"])
+    assert bad.exit_code == 2 and "--scale-aug" in bad.output
