@@ -2,8 +2,8 @@
 cards (a section between ``<!-- issue13 -->`` markers, replaced on every run) and the cards'
 JSON (``metrics_validation`` of the shipped configuration, ``issue13`` raw results).
 
-    python scripts/update_cards.py nuclei --shipped d4        # after tune_postprocessing.py
-    python scripts/update_cards.py em-membranes --shipped flips
+    python scripts/update_cards.py nuclei        # after tune_postprocessing.py; --shipped MODE
+    python scripts/update_cards.py em-membranes  # overrides the TTA rule (MARGIN)
 """
 
 from __future__ import annotations
@@ -14,11 +14,36 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from tune_postprocessing import MARGIN, choose, train_objective  # noqa: E402
+
 START, END = "<!-- issue13 -->", "<!-- /issue13 -->"
 PASSES = {"none": 1, "flips": 4, "d4": 8}
+
+def recommended(tuning: dict) -> str:
+    """The cheapest TTA mode no costlier mode beats by MARGIN on the training images."""
+    modes = sorted(tuning["modes"], key=PASSES.get)
+    chosen = modes[0]
+    for mode in modes[1:]:
+        if train_objective(tuning["modes"][mode]) >= \
+                train_objective(tuning["modes"][chosen]) + MARGIN:
+            chosen = mode
+    return chosen
+
+
+def verify(name: str) -> dict:
+    """score_pairs of models/NAME.onnx, as shipped, on its card's validation split."""
+    from tta_probs import split_from_card
+    from unet_deploy.backends.onnxruntime import OnnxRuntimeBackend
+    from unet_deploy.evaluate import score_pairs
+
+    (_, val), cfg = split_from_card(name)
+    with OnnxRuntimeBackend(ROOT / "models" / f"{name}.onnx") as be:
+        return score_pairs(be, [(img, lab) for _, img, lab in val], cfg["label_kind"])
 
 
 def fmt_settings(s: dict) -> str:
@@ -33,9 +58,28 @@ def metric_rows(r: dict) -> str:
             f"{v['rand_error']:.4f} | {v['pixel_error']:.4f}")
 
 
+def shift_table(shift: dict) -> str:
+    """em_shift_eval.py's results: one row per variant, Rand | pixel per (mode, method)."""
+    cols = [(mode, method) for mode in shift for method in shift[mode]]
+    variants = list(shift[cols[0][0]][cols[0][1]])
+    head = "| variant | " + " | ".join(f"{method} + TTA {mode} Rand | pixel"
+                                        for mode, method in cols) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(cols)]
+    for v in variants:
+        cells = [shift[m][meth][v] for m, meth in cols]
+        lines.append(f"| {v} | " + " | ".join(f"{c['rand_error']:.4f} | {c['pixel_error']:.4f}"
+                                              for c in cells) + " |")
+    means = []
+    for m, meth in cols:
+        shifted = [r for v, r in shift[m][meth].items() if v != "original"]
+        means.append(f"**{np.mean([r['rand_error'] for r in shifted]):.4f}** | "
+                     f"{np.mean([r['pixel_error'] for r in shifted]):.4f}")
+    lines.append("| **mean of the shifted variants** | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
 def section(name: str, tuning: dict, shipped: str, extra: str) -> str:
     lines = [START, "", "## Test-time augmentation and post-processing (issue 13)", ""]
-    before = tuning["shipped_before"]["val"]
     n_train = next(iter(tuning["modes"].values()))["train_images"]
     n_val = next(iter(tuning["modes"].values()))["val_images"]
     lines += [f"Post-processing chosen per TTA mode on {n_train} **training** images only "
@@ -46,17 +90,17 @@ def section(name: str, tuning: dict, shipped: str, extra: str) -> str:
               f"(`scripts/tta_probs.py`).", "",
               "| TTA | post-processing (chosen on training images) | train objective | val F1@0.5 "
               "| F1@0.75 | F1@0.9 | fg IoU | Rand err | pixel err | network passes |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-              f"| none (as shipped before) | previous settings | – | "
-              f"{before['f1@0.5']:.4f} | {before['f1@0.75']:.4f} | {before['f1@0.9']:.4f} | "
-              f"{before['fg_iou']:.4f} | {before['rand_error']:.4f} | "
-              f"{before['pixel_error']:.4f} | 1 |"]
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, per_method in tuning["per_method"].items():
-        for method, r in per_method.items():
-            obj = r["train"]["f1@0.5"] if method == "three_class" else r["train"]["rand_error"]
-            tag = " **(shipped)**" if mode == shipped and r["method"] == \
-                tuning["modes"][mode]["method"] else ""
-            label = method if method != "three_class" else "three-class seeds"
+        label = {"three_class": "three-class seeds"}
+        rows = [(label.get(m, m), r) for m, r in per_method.items()]
+        current = tuning["current"][mode]
+        if all(r["settings"] != current["settings"] for r in per_method.values()):
+            rows.append((f"before this tuning, {label.get(current['method'], current['method'])}",
+                         current))
+        for label, r in rows:
+            obj = abs(train_objective(r))
+            tag = " **(shipped)**" if mode == shipped and r == tuning["modes"][mode] else ""
             lines.append(f"| {mode}{tag} | {label}: {fmt_settings(r['settings'])} | {obj:.4f} | "
                          f"{metric_rows(r)} | {PASSES[mode]} |")
     lines += ["", extra, "", END]
@@ -66,10 +110,13 @@ def section(name: str, tuning: dict, shipped: str, extra: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name")
-    ap.add_argument("--shipped", required=True, choices=list(PASSES))
+    ap.add_argument("--shipped", default=None, choices=list(PASSES),
+                    help=f"the default TTA mode (default: the rule, MARGIN {MARGIN})")
     ap.add_argument("--extra", default="", help="markdown appended to the section (a file)")
-    ap.add_argument("--verified", default="", help="score_pairs JSON of the shipped model "
-                    "through the deployment path (preferred for the main table)")
+    ap.add_argument("--verify", action="store_true",
+                    help="score the shipped model itself on the validation split through the "
+                         "deployment path (its default TTA and settings) for the main table; "
+                         "saved as FOLDER/verified.json")
     ap.add_argument("--folder", type=Path, default=None,
                     help="the tta_probs/tune cache (default: runs/tta/NAME)")
     args = ap.parse_args()
@@ -78,13 +125,21 @@ def main() -> None:
     folder = args.folder or cache_dir(args.name)
     tuning = json.loads((folder / "tuning.json").read_text())
     ext = folder / "tuning_ext.json"
-    if ext.exists():  # the finer grid's choice wins a mode when it is better on TRAINING images
+    if ext.exists():  # the finer grid's best wins a mode when it is better on TRAINING images
         finer = json.loads(ext.read_text())
-        for mode, r in finer["modes"].items():
-            if r["train"]["f1@0.5"] > tuning["modes"][mode]["train"]["f1@0.5"]:
-                tuning["modes"][mode] = r
-                tuning["per_method"][mode] = finer["per_method"][mode]
+        for mode, per_method in finer["per_method"].items():
+            old, new = tuning["per_method"][mode], per_method
+            if max(map(train_objective, new.values())) > max(map(train_objective, old.values())):
+                tuning["per_method"][mode] = new
+            tuning["modes"][mode] = choose(list(tuning["per_method"][mode].values()),
+                                           tuning["current"][mode])
+    rule = recommended(tuning)
+    print(f"rule (margin {MARGIN} on training images): {rule}", file=sys.stderr)
+    args.shipped = args.shipped or rule
     extra = Path(args.extra).read_text() if args.extra else ""
+    if (folder / "shift.json").exists():  # em_shift_eval.py; the extra text says where it goes
+        extra = extra.replace("{shift_table}",
+                              shift_table(json.loads((folder / "shift.json").read_text())))
     card_md = ROOT / "models" / f"{args.name}.md"
     text = card_md.read_text()
     block = section(args.name, tuning, args.shipped, extra)
@@ -95,8 +150,9 @@ def main() -> None:
         text = text.replace("\n## Reproduce", "\n" + block + "\n\n## Reproduce", 1)
     # the main validation table shows the shipped configuration
     v = tuning["modes"][args.shipped]["val"]
-    if args.verified:  # the shipped model itself, segment_array(..., output="instances")
-        v = json.loads(Path(args.verified).read_text())
+    if args.verify:
+        v = verify(args.name)
+        (folder / "verified.json").write_text(json.dumps(v, indent=1))
     keys = {"instance_f1@0.5": "f1@0.5", "instance_f1@0.75": "f1@0.75",
             "instance_f1@0.9": "f1@0.9", "foreground_iou": "fg_iou",
             "rand_error": "rand_error", "pixel_error": "pixel_error"}
@@ -112,6 +168,8 @@ def main() -> None:
     card = json.loads(card_json.read_text())
     card["metrics_validation"] = {k: v[key] for k, key in keys.items()}
     card["issue13"] = {"shipped_tta": args.shipped, "tuning": tuning}
+    # what the model's metadata should hold (tune_postprocessing.py --apply writes it)
+    card["postprocessing"] = {"tta": args.shipped, **tuning["modes"][args.shipped]["settings"]}
     card_json.write_text(json.dumps(card, indent=2) + "\n")
     print(block)
 

@@ -32,6 +32,20 @@ def test_model_has_card_and_metadata(name):
     assert len(info.sha256) == 64
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in MODELS.glob("*.onnx")))
+def test_card_postprocessing_is_what_ships(name):
+    """The card's JSON records the TTA mode and post-processing the metrics were measured with;
+    the model's metadata (what `segment` uses by default) must hold exactly those, and the
+    card's weights hash must be the file's."""
+    import json
+
+    card = json.loads((MODELS / f"{name}.json").read_text())
+    info = read_onnx(MODELS / f"{name}.onnx").info
+    wanted = card["postprocessing"]
+    assert {key: getattr(info, key) for key in wanted} == wanted
+    assert card["sha256"] == info.sha256
+
+
 def test_models_command_lists_cards():
     res = CliRunner().invoke(app, ["models"])
     assert res.exit_code == 0 and "nuclei (default)" in res.output and "card:" in res.output
