@@ -88,7 +88,8 @@ def section(name: str, tuning: dict, shipped: str, extra: str) -> str:
               f"), then applied once to the {n_val} validation images. Every number goes "
               f"through the deployment path's tiles, planner and mirror padding "
               f"(`scripts/tta_probs.py`).", "",
-              "| TTA | post-processing (chosen on training images) | train objective | val F1@0.5 "
+              "| TTA | post-processing (the grid's best on training images, or the model's own) "
+              "| train objective | val F1@0.5 "
               "| F1@0.75 | F1@0.9 | fg IoU | Rand err | pixel err | network passes |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, per_method in tuning["per_method"].items():
