@@ -59,6 +59,22 @@ def deep_models(model_dir) -> dict:
 
 
 @pytest.fixture(scope="session")
+def local_watershed_model(model_dir, tiny_model, real_crop) -> Path:
+    """tiny_model with the EM watershed's local case (h 0, min distance 1 px: what
+    em-membranes ships), its threshold at the median membrane probability of the example crop
+    so the random net gives many cells."""
+    from unet_deploy.export import update_metadata
+    from unet_deploy.pipeline import segment_array
+
+    path = model_dir / "local_ws.onnx"
+    shutil.copyfile(tiny_model, path)
+    probs = segment_array(real_crop, path, backend="onnxruntime", output="probabilities")
+    update_metadata(path, binary_method="watershed", watershed_h=0.0, watershed_min_distance=1.0,
+                    foreground_threshold=float(np.median(probs[..., 0])), min_object_size=3)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny3_model(model_dir) -> Path:
     return export_random_unet(model_dir / "tiny3.onnx", classes=3, seed=1)
 

@@ -277,3 +277,33 @@ def test_import_stays_light():
             "bad = [m for m in ('dask', 'distributed', 'torch') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_em_watershed_instances_equal_the_single_process_run(tmp_path, local_watershed_model,
+                                                             cluster):
+    """The shipped EM post-processing (the watershed's local case) streams on the cluster too:
+    workers send the membrane probability, the client smooths across blocks -- same ids."""
+    src = tmp_path / "crop.tif"
+    tifffile.imwrite(src, tifffile.imread(Path(__file__).parents[1] / "examples" /
+                                          "bbbc039_crop.tif"))
+    segment_file(src, tmp_path / "ref.tif", local_watershed_model, output="instances", **KW)
+    segment_distributed(src, tmp_path / "dist.tif", local_watershed_model, cluster=cluster,
+                        output="instances", block_rows=BLOCK, **KW)
+    a, b = _read(tmp_path / "ref.tif"), _read(tmp_path / "dist.tif")
+    assert a.max() > 20 and np.array_equal(a, b)
+
+
+def test_seeded_em_watershed_is_refused_before_any_block(tmp_path, image, tiny_model, cluster):
+    """A watershed with real seeds needs each plane whole: --workers says so and writes nothing."""
+    import shutil
+
+    from unet_deploy.errors import OptionError
+    from unet_deploy.export import update_metadata
+
+    model = tmp_path / "seeded.onnx"
+    shutil.copyfile(tiny_model, model)
+    update_metadata(model, binary_method="watershed", watershed_h=0.05)
+    with pytest.raises(OptionError, match="need each plane whole.*without them"):
+        segment_distributed(image, tmp_path / "out.tif", model, cluster=cluster,
+                            output="instances", block_rows=BLOCK, **KW)
+    assert not list(tmp_path.glob("out*"))

@@ -334,9 +334,9 @@ def run_block(job: Job, prep, block: Block):
         off = block.y0 - block.r0 * job.plan.out_h
         data = data[off : off + block.y1 - block.y0]
         if job.output == "instances":
-            from .postprocess import instance_classes
+            from .postprocess import stream_input
 
-            return instance_classes(data, run.info)
+            return stream_input(data, run.info)
         if zarr_dir is None:
             return data
         if stop():
@@ -561,6 +561,24 @@ def segment_distributed(input_path: str | Path, output_path: str | Path | None =
                 cancel=cancel, on_blocks=on_blocks).run()
 
 
+def _check_streamable(path: Path, info, output: str) -> None:
+    from .errors import OptionError
+    from .postprocess import needs_whole_plane
+
+    if output == "instances" and needs_whole_plane(info):
+        raise OptionError(f"{path}: the model's EM watershed has seeds (watershed_h > 0 or "
+                          f"watershed_min_distance > 1), which need each plane whole, and "
+                          f"--workers/--scheduler work in blocks; run without them, or use "
+                          f"--output probabilities")
+
+
+def _stream_input_bytes(info) -> int:
+    """Bytes per pixel a worker returns for instances (``postprocess.stream_input``)."""
+    from .postprocess import stream_input
+
+    return stream_input(np.zeros((1, 1, info.out_channels), np.float32), info).itemsize
+
+
 class _Run:
     """One image on one cluster (``segment_distributed`` with a connected cluster)."""
 
@@ -581,6 +599,7 @@ class _Run:
         spec, found = probe_cluster(self.cluster, self.model, o["backend"], o["threads"],
                                     o["tta"])
         info = found.info
+        _check_streamable(self.input_path, info, o["output"])
         inp = InputSpec(str(self.input_path.resolve()), o["series"], o["level"],
                         o["max_pixels"], o["nan_policy"],
                         tuple(o["channels"]) if o["channels"] is not None else None)
@@ -591,7 +610,8 @@ class _Run:
             plan = plan_for(src.height, src.width, info, o["tile"], o["batch_size"],
                             _Limit(found.max_tile))
             samples, dtype = output_format(o["output"], info)
-            pixel_bytes = samples * np.dtype(dtype).itemsize if o["output"] != "instances" else 1
+            pixel_bytes = samples * np.dtype(dtype).itemsize if o["output"] != "instances" \
+                else _stream_input_bytes(info)
             direct = (output_layout(self.out, src.height, src.width) == "zarr"
                       and o["output"] != "instances")
             from .zarr_io import CHUNK
@@ -706,10 +726,10 @@ class _Run:
             raise
 
     def _stream(self, plan: TilePlan, info):
-        from .stream_instances import DEFAULT_MAX_OBJECT, InstanceStream
+        from .postprocess import PlaneInstances
+        from .stream_instances import DEFAULT_MAX_OBJECT
 
-        return InstanceStream(plan.image_h, plan.image_w, info.instance_scheme,
-                              info.out_channels, info.min_object_size,
+        return PlaneInstances(info, plan.image_h, plan.image_w,
                               self.o["max_object"] or DEFAULT_MAX_OBJECT, str(self.input_path))
 
     @staticmethod

@@ -176,20 +176,21 @@ def plane_bands(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
         yield from segment_plane(reader, plan, backend, prep, batch_size, output, on_tiles,
                                  cancel, times, threads=threads)
         return
-    from .postprocess import instance_classes, instances_from_probabilities, needs_whole_plane
-    from .stream_instances import DEFAULT_MAX_OBJECT, InstanceStream
+    from .postprocess import (PlaneInstances, instances_from_probabilities, needs_whole_plane,
+                              stream_input)
+    from .stream_instances import DEFAULT_MAX_OBJECT
 
     info = backend.info
-    if needs_whole_plane(info):  # the EM watershed: basins are not local, one band
+    if needs_whole_plane(info):  # the EM watershed with seeds: basins are not local, one band
         yield instances_from_probabilities(np.concatenate(list(segment_plane(
             reader, plan, backend, prep, batch_size, "probabilities", on_tiles, cancel, times,
             threads=threads))), info)
         return
-    stream = InstanceStream(plan.image_h, plan.image_w, info.instance_scheme, info.out_channels,
-                            info.min_object_size, max_object or DEFAULT_MAX_OBJECT, name)
+    stream = PlaneInstances(info, plan.image_h, plan.image_w, max_object or DEFAULT_MAX_OBJECT,
+                            name)
     for band in segment_plane(reader, plan, backend, prep, batch_size, "probabilities",
                               on_tiles, cancel, times, threads=threads):
-        yield from stream.push(instance_classes(band, info))
+        yield from stream.push(stream_input(band, info))
     stream.finish()
 
 

@@ -39,10 +39,58 @@ def to_instances(labels: np.ndarray, info: ModelInfo, min_size: int | None = Non
                                  min_size=min_size).astype(np.uint32)
 
 
+def _watershed(info: ModelInfo) -> bool:
+    return info.instance_scheme != "three_class" and info.binary_method == "watershed"
+
+
+def _local_watershed(info: ModelInfo) -> bool:
+    from .em_watershed import is_local
+
+    return _watershed(info) and is_local(info.watershed_h, info.watershed_min_distance)
+
+
 def needs_whole_plane(info: ModelInfo) -> bool:
     """True when the instances come from the whole plane's probabilities and cannot be
-    streamed band by band: the EM seeded watershed (``binary_method = "watershed"``)."""
-    return info.instance_scheme != "three_class" and info.binary_method == "watershed"
+    streamed band by band: the EM seeded watershed with real seeds (h-minima or a minimum
+    distance above 1 px; its local case streams, see ``em_watershed``)."""
+    return _watershed(info) and not _local_watershed(info)
+
+
+def stream_input(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """What ``PlaneInstances`` needs of a (rows, W, K) probability band: its class map, or for
+    the EM watershed the membrane probability (its smoothing spans bands)."""
+    if _local_watershed(info):
+        return np.asarray(probs[..., 0], np.float32)
+    return instance_classes(probs, info)
+
+
+class PlaneInstances:
+    """Instances of one plane from ``stream_input`` bands pushed top to bottom: exactly
+    ``instances_from_probabilities`` on the whole plane up to renumbering, in bounded memory
+    (``stream_instances.InstanceStream``; for the local EM watershed, ``em_watershed.SmoothBands``
+    first). Not for ``needs_whole_plane`` models."""
+
+    def __init__(self, info: ModelInfo, height: int, width: int, max_object: int, name: str = ""):
+        from .em_watershed import SmoothBands, cell_threshold
+        from .stream_instances import InstanceStream
+
+        if needs_whole_plane(info):
+            raise ValueError("this model's watershed needs the whole plane; it cannot stream")
+        self.cells = SmoothBands(height) if _local_watershed(info) else None
+        self.threshold = cell_threshold(info.foreground_threshold)
+        self.stream = InstanceStream(height, width, info.instance_scheme, info.out_channels,
+                                     info.min_object_size, max_object, name,
+                                     connectivity=2 if self.cells else 1)
+        self.fg_class = info.out_channels - 1
+
+    def push(self, band: np.ndarray):
+        if self.cells is not None:  # the smoothed cell mask as the binary class map
+            band = (self.cells.push(band) < self.threshold).astype(np.uint8) * \
+                np.uint8(self.fg_class)
+        yield from self.stream.push(band)
+
+    def finish(self) -> None:
+        self.stream.finish()
 
 
 def instances_from_probabilities(probs: np.ndarray, info: ModelInfo) -> np.ndarray:

@@ -54,16 +54,18 @@ class InstanceStream:
     """Streaming ``to_instances`` for one plane of ``height`` x ``width``.
 
     ``scheme``: "three_class" (classes 0 background, 1 interior, 2 border) or anything else
-    (binary: foreground is class ``n_classes - 1``, 4-connected). ``push(band)`` takes the next
+    (binary: foreground is class ``n_classes - 1``, 4-connected, or 8-connected with
+    ``connectivity=2``). ``push(band)`` takes the next
     class-map rows and yields finished instance rows (possibly none); after the last row every
     row has been yielded. ``name`` prefixes error messages (the input file)."""
 
     def __init__(self, height: int, width: int, scheme: str, n_classes: int, min_size: int,
-                 max_object: int = DEFAULT_MAX_OBJECT, name: str = ""):
+                 max_object: int = DEFAULT_MAX_OBJECT, name: str = "", connectivity: int = 1):
         if max_object < 1:
             raise ValueError(f"max_object must be >= 1, got {max_object}")
         self.height, self.width = int(height), int(width)
         self.three = scheme == "three_class"
+        self.structure = SQUARE if self.three or connectivity == 2 else CROSS
         self.fg_class = n_classes - 1
         self.min_size = int(min_size)
         self.max_object = int(max_object)
@@ -121,7 +123,7 @@ class InstanceStream:
     def _finish_complete(self) -> None:
         pend = self.classes[self.emit0 - self.lo:]
         todo = self._foreground(pend) & ~self.done
-        comps, n = ndimage.label(todo, structure=SQUARE if self.three else CROSS)
+        comps, n = ndimage.label(todo, structure=self.structure)
         if n == 0:
             return
         complete = np.ones(n + 1, bool)
