@@ -136,6 +136,7 @@ def test_streamed_file_equals_whole_plane(tmp_path, local_watershed_model, real_
 
     from unet_deploy.model_store import read_onnx
     from unet_deploy.pipeline import segment_array, segment_file
+    from unet_deploy.postprocess import instances_from_probabilities
 
     path = local_watershed_model
     tifffile.imwrite(tmp_path / "in.tif", real_crop)
@@ -144,8 +145,11 @@ def test_streamed_file_equals_whole_plane(tmp_path, local_watershed_model, real_
     got = tifffile.imread(tmp_path / "out.tif")
     probs = segment_array(real_crop, path, backend="onnxruntime", output="probabilities",
                           tile=92)
-    want = instances_for(probs, read_onnx(path).info)
+    info = read_onnx(path).info
+    want = instances_for(probs, info)
     assert want.max() > 20
+    # the whole-plane entry point (scripts, the seeded case) takes the same method
+    np.testing.assert_array_equal(instances_from_probabilities(probs, info), want)
     assert np.array_equal(got == 0, want == 0)
     pairs = np.unique(np.stack([got[got > 0], want[want > 0]]).astype(np.int64), axis=1)
     assert len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))

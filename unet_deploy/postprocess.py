@@ -96,7 +96,7 @@ class PlaneInstances:
 def instances_from_probabilities(probs: np.ndarray, info: ModelInfo) -> np.ndarray:
     """(H, W, K) probabilities of a whole plane → uint32 instance labels by the model's
     settings (the EM watershed, ``em_watershed.py``, or the class-map schemes above)."""
-    if needs_whole_plane(info):
+    if _watershed(info):
         from .em_watershed import instances_for
 
         return instances_for(probs, info)
