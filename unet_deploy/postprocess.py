@@ -76,16 +76,16 @@ class PlaneInstances:
 
         if needs_whole_plane(info):
             raise ValueError("this model's watershed needs the whole plane; it cannot stream")
-        self.cells = SmoothBands(height) if _local_watershed(info) else None
+        self.smooth = SmoothBands(height) if _local_watershed(info) else None
         self.threshold = cell_threshold(info.foreground_threshold)
         self.stream = InstanceStream(height, width, info.instance_scheme, info.out_channels,
                                      info.min_object_size, max_object, name,
-                                     connectivity=2 if self.cells else 1)
+                                     connectivity=1 if self.smooth is None else 2)
         self.fg_class = info.out_channels - 1
 
     def push(self, band: np.ndarray):
-        if self.cells is not None:  # the smoothed cell mask as the binary class map
-            band = (self.cells.push(band) < self.threshold).astype(np.uint8) * \
+        if self.smooth is not None:  # the smoothed cell mask as the binary class map
+            band = (self.smooth.push(band) < self.threshold).astype(np.uint8) * \
                 np.uint8(self.fg_class)
         yield from self.stream.push(band)
 
