@@ -164,9 +164,15 @@ def main() -> None:
         elif card_key == "instance_f1@0.9":
             text = re.sub(r"^(\| instance_f1@0\.75 \| [0-9.]+ \|)$", rf"\1\n{row}", text,
                           flags=re.M)
+    # the weights the metrics belong to
+    from unet_deploy.model_store import read_onnx
+
+    sha = read_onnx(ROOT / "models" / f"{args.name}.onnx").info.sha256
+    text = re.sub(r"weights sha256 `[0-9a-f]{16}…`", f"weights sha256 `{sha[:16]}…`", text)
     card_md.write_text(text)
     card_json = ROOT / "models" / f"{args.name}.json"
     card = json.loads(card_json.read_text())
+    card["sha256"] = sha
     card["metrics_validation"] = {k: v[key] for k, key in keys.items()}
     card["issue13"] = {"shipped_tta": args.shipped, "tuning": tuning}
     # what the model's metadata should hold (tune_postprocessing.py --apply writes it)
