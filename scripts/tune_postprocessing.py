@@ -7,8 +7,9 @@
 For each TTA mode (none / flips / d4) the post-processing grid is scored on the cached training
 images only (nuclei: mean instance F1 at IoU 0.5 over foreground threshold x seed threshold x
 minimum size; em-membranes: mean foreground-restricted Rand error, connected components vs the
-seeded watershed over its parameters); the best setting of each mode is then applied once to
-the validation images, whose numbers never influence a choice. ``--apply`` writes the chosen
+seeded watershed over its parameters). The best setting of each mode replaces the model's
+current settings only when it beats them on the training images by ``MARGIN``; the choice is
+then applied once to the validation images, whose numbers never influence a choice. ``--apply`` writes the chosen
 mode and settings into models/NAME.onnx (``export.update_metadata``).
 """
 
