@@ -97,6 +97,27 @@ def test_model_default_tta_from_metadata(tmp_path, tiny_model, real_crop):
     assert np.abs(default - none).max() > 1e-4
 
 
+def test_summary_names_the_tta_that_ran(tmp_path, tiny_model, real_crop):
+    """A model's default TTA costs 4-8 passes: the run's summary line says it ran."""
+    import shutil
+
+    import tifffile
+
+    pytest.importorskip("onnx")
+    from unet_deploy.export import update_metadata
+    from unet_deploy.pipeline import segment_file
+
+    path = tmp_path / "tta_default.onnx"
+    shutil.copyfile(tiny_model, path)
+    update_metadata(path, tta="flips")
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, real_crop[:80, :90])
+    kw = dict(backend="onnxruntime", overwrite=True, progress=False)
+    assert str(segment_file(src, tmp_path / "a.tif", path, **kw)).endswith(", TTA flips")
+    assert "TTA" not in str(segment_file(src, tmp_path / "b.tif", path, tta="none", **kw))
+    assert "TTA d4" in str(segment_file(src, tmp_path / "c.tif", tiny_model, tta="d4", **kw))
+
+
 def test_segmenter_tta(tiny_model, real_crop):
     from unet_deploy import Segmenter
 

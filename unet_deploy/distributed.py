@@ -593,6 +593,7 @@ class _Run:
 
         from .io import open_image
         from .outputs import open_writer, output_layout
+        from .tta import resolve_mode
 
         o = self.o
         t0 = time.perf_counter()
@@ -651,6 +652,7 @@ class _Run:
         return DistributedSummary(src.height * src.width * src.n_planes,
                                   plan.n_tiles * src.n_planes, time.perf_counter() - t0,
                                   src.n_planes, found.backend, found.reason,
+                                  resolve_mode(o["tta"], info),
                                   cluster=self.cluster.describe(), blocks=total,
                                   block_rows=blocks.block_rows, halo_share=blocks.halo_share,
                                   extra_tiles=blocks.extra_tiles)

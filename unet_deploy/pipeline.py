@@ -58,6 +58,7 @@ class Summary:
     planes: int = 1
     backend: str = ""
     reason: str = ""
+    tta: str = "none"  # the mode that ran (a model may default to one: it costs 4-8 passes)
 
     @property
     def mpx_per_s(self) -> float:
@@ -66,7 +67,8 @@ class Summary:
     def __str__(self) -> str:
         return (f"{self.pixels / 1e6:.2f} Mpx in {self.planes} plane(s), {self.tiles} tiles, "
                 f"{self.seconds:.2f} s, {self.mpx_per_s:.2f} Mpx/s"
-                + (f", backend {self.backend}" if self.backend else ""))
+                + (f", backend {self.backend}" if self.backend else "")
+                + (f", TTA {self.tta}" if self.tta != "none" else ""))
 
 
 def segment_plane(reader: Reader, plan: TilePlan, backend, prep: Preprocess,
@@ -240,7 +242,7 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
     from .backends import open_backend
     from .io import check_output, open_image
     from .outputs import open_writer
-    from .tta import with_tta
+    from .tta import resolve_mode, with_tta
 
     out = default_output_path(input_path, output) if output_path is None else Path(output_path)
     check_output(out, input_path, overwrite)
@@ -273,7 +275,8 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                         writer.write_band(band)
         name, reason = getattr(be, "choice", (be.name, ""))
         return Summary(src.height * src.width * src.n_planes, plan.n_tiles * src.n_planes,
-                       time.perf_counter() - t0, src.n_planes, name, reason)
+                       time.perf_counter() - t0, src.n_planes, name, reason,
+                       resolve_mode(tta, info))
 
 
 def segment_whole(image: np.ndarray, backend, output: str = "labels") -> np.ndarray:
