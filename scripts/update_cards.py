@@ -2,8 +2,12 @@
 cards (a section between ``<!-- issue13 -->`` markers, replaced on every run) and the cards'
 JSON (``metrics_validation`` of the shipped configuration, ``issue13`` raw results).
 
-    python scripts/update_cards.py nuclei        # after tune_postprocessing.py; --shipped MODE
-    python scripts/update_cards.py em-membranes  # overrides the TTA rule (MARGIN)
+    python scripts/update_cards.py em-membranes --verify --extra PROSE.md   # after tune_postprocessing.py
+
+The default TTA mode is the rule's (``recommended``: MARGIN on the training images); ``--shipped
+MODE`` overrides it. ``--verify`` scores the shipped file itself for the main table; ``--folder``
+names a candidate's cache; PROSE.md is the section's text below its table (``{shift_table}``
+in it becomes em_shift_eval.py's table).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tune_postprocessing import MARGIN, choose, train_objective  # noqa: E402
 
 START, END = "<!-- issue13 -->", "<!-- /issue13 -->"
 PASSES = {"none": 1, "flips": 4, "d4": 8}
+
 
 def recommended(tuning: dict) -> str:
     """The cheapest TTA mode no costlier mode beats by MARGIN on the training images."""
