@@ -9,8 +9,9 @@ images only (nuclei: mean instance F1 at IoU 0.5 over foreground threshold x see
 minimum size; em-membranes: mean foreground-restricted Rand error, connected components vs the
 seeded watershed over its parameters). The best setting of each mode replaces the model's
 current settings only when it beats them on the training images by ``MARGIN``; the choice is
-then applied once to the validation images, whose numbers never influence a choice. ``--apply`` writes the chosen
-mode and settings into models/NAME.onnx (``export.update_metadata``).
+then applied once to the validation images, whose numbers never influence a choice.
+``--apply`` writes the chosen mode and settings into models/NAME.onnx
+(``export.update_metadata``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 cards (a section between ``<!-- issue13 -->`` markers, replaced on every run) and the cards'
 JSON (``metrics_validation`` of the shipped configuration, ``issue13`` raw results).
 
-    python scripts/update_cards.py em-membranes --verify --extra PROSE.md   # after tune_postprocessing.py
+    python scripts/update_cards.py em-membranes --verify --extra PROSE.md  # after the tuning
 
 The default TTA mode is the rule's (``recommended``: MARGIN on the training images); ``--shipped
 MODE`` overrides it. ``--verify`` scores the shipped file itself for the main table; ``--folder``
@@ -98,12 +98,12 @@ def section(name: str, tuning: dict, shipped: str, extra: str) -> str:
               "| F1@0.75 | F1@0.9 | fg IoU | Rand err | pixel err | network passes |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, per_method in tuning["per_method"].items():
-        label = {"three_class": "three-class seeds"}
-        rows = [(label.get(m, m), r) for m, r in per_method.items()]
+        names = {"three_class": "three-class seeds"}
+        rows = [(names.get(m, m), r) for m, r in per_method.items()]
         current = tuning["current"][mode]
         if all(r["settings"] != current["settings"] for r in per_method.values()):
-            rows.append((f"before this tuning, {label.get(current['method'], current['method'])}",
-                         current))
+            method = names.get(current["method"], current["method"])
+            rows.append((f"before this tuning, {method}", current))
         for label, r in rows:
             obj = abs(train_objective(r))
             tag = " **(shipped)**" if mode == shipped and r == tuning["modes"][mode] else ""

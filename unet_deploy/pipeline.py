@@ -253,7 +253,8 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
              else nullcontext(backend.activate())) as be:
         info = be.info
         plan = plan_for(src.height, src.width, info, tile, batch_size, be)
-        run = with_tta(be, tta)
+        mode = resolve_mode(tta, info)
+        run = with_tta(be, mode)
         samples, dtype = output_format(output, info)
         with tqdm(total=plan.n_tiles * src.n_planes, unit="tile",
                   disable=not progress or on_tiles is not None,
@@ -275,8 +276,7 @@ def segment_file(input_path: str | Path, output_path: str | Path | None = None, 
                         writer.write_band(band)
         name, reason = getattr(be, "choice", (be.name, ""))
         return Summary(src.height * src.width * src.n_planes, plan.n_tiles * src.n_planes,
-                       time.perf_counter() - t0, src.n_planes, name, reason,
-                       resolve_mode(tta, info))
+                       time.perf_counter() - t0, src.n_planes, name, reason, mode)
 
 
 def segment_whole(image: np.ndarray, backend, output: str = "labels") -> np.ndarray:

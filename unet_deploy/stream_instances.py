@@ -8,8 +8,9 @@ objects are finished).
 How (block-wise components, each object owned once)
 ---------------------------------------------------
 Every object lies inside one connected foreground region (8-connected for the three-class
-scheme, 4-connected for binary unless 8 is asked for), so regions are the unit of work. The stream keeps the rows
-not yet emitted ("pending") plus ``max_object`` rows of context above them. After each band it
+scheme, 4-connected for binary unless 8 is asked for), so regions are the unit of work. The
+stream keeps the rows not yet emitted ("pending") plus ``max_object`` rows of context above
+them. After each band it
 labels the unfinished foreground of the pending rows; a region that does not touch the newest
 row is complete. Complete regions are finished in small windows (grouped by column strips):
 
